@@ -1,0 +1,79 @@
+"""What every front door shares: one-line errors, progress bars, argument groups, the summary table.
+
+A front door (a script under one of the seed's folder names) builds an ``argparse`` parser from the
+``add_*_arguments`` functions here and in the stage modules, then calls ``run_main(main)``. A user's
+mistake raises ``UserError`` anywhere below and reaches the terminal as one line, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """A mistake in what the user handed us (a path, a flag, a file). Shown as one line, exit code 2."""
+
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run a front door's ``main`` and turn user errors into one clear line on stderr."""
+    prog = Path(sys.argv[0]).name
+    try:
+        code = main(argv)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished outputs are kept and a re-run resumes", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
+    """A tqdm bar on stderr; quiet when STORYBOARD_NO_PROGRESS is set (tests, logs)."""
+    from tqdm.auto import tqdm
+
+    disable = bool(os.environ.get("STORYBOARD_NO_PROGRESS"))
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True)
+
+
+def existing_path(kind: str = "path") -> Callable[[str], Path]:
+    """An argparse ``type`` that refuses a path that does not exist, naming what was expected."""
+
+    def check(value: str) -> Path:
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise argparse.ArgumentTypeError(f"{kind} not found: {value}")
+        return path
+
+    return check
+
+
+def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("shot vocabulary")
+    group.add_argument(
+        "--vocabulary",
+        type=Path,
+        default=None,
+        help="JSON file that extends (or, with \"replace\": true, replaces) the built-in shot vocabulary",
+    )
+
+
+def format_table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
+    """A plain fixed-width table; the first column left-aligned, the rest right-aligned."""
+    all_rows = [list(map(str, header))] if header else []
+    all_rows += [list(map(str, row)) for row in rows]
+    if not all_rows:
+        return ""
+    widths = [max(len(row[i]) for row in all_rows if i < len(row)) for i in range(len(all_rows[0]))]
+    lines = []
+    for n, row in enumerate(all_rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+        if header and n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,261 @@
+"""The shot vocabulary: shot sizes, camera angles, locations, their Korean and English spellings,
+and each shot size's trigger token and initializer words.
+
+The built-in table is ``storyboard/data/vocabulary.json``; a user's JSON file of the same layout
+extends it (terms merged by key) or replaces it (``"replace": true``). Tag cleaning, translation,
+clustering, training, inference and validation all read it through ``load_vocabulary``.
+
+Matching rules (so the table lists each spelling once):
+* text is NFKC-normalised first (full-width letters become ASCII, curly apostrophes straight);
+* Korean spellings match with or without spaces between syllables (풀샷 = 풀 샷), and 샷 / 숏 / 쇼트
+  are interchangeable (풀샷 = 풀숏 = 풀쇼트);
+* English spellings match case-insensitively on word boundaries, with space, hyphen or underscore
+  between words (close-up = close up = closeup = CLOSE_UP);
+* abbreviations (CU, MS, INT, ...) match in capitals only, as whole words, with an optional dot;
+* in free text the longest spelling wins (미디엄 클로즈업 is a medium close-up, not a close-up).
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+from .cli import UserError
+
+# JSON section -> the record field it fills.
+KINDS: dict[str, str] = {"shot_sizes": "shot_size", "angles": "angle", "locations": "location"}
+_SHOT_SUFFIXES = ("샷", "숏", "쇼트")
+_HANGUL = re.compile(r"[\uac00-\ud7a3\u3131-\u318e]")
+
+
+@dataclass(frozen=True)
+class Term:
+    """One vocabulary entry. ``kind`` is the record field it fills: shot_size, angle or location."""
+
+    kind: str
+    key: str
+    name: str
+    ko: tuple[str, ...] = ()
+    en: tuple[str, ...] = ()
+    abbrev: tuple[str, ...] = ()
+    token: str | None = None
+    initializer: str | None = None
+
+    @property
+    def token_stem(self) -> str | None:
+        """``<fs_trg>`` -> ``fs_trg``: the name of the token's embedding file."""
+        return self.token.strip("<>") if self.token else None
+
+
+@dataclass(frozen=True)
+class TermMatch:
+    term: Term
+    start: int
+    end: int
+    text: str
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, straight apostrophes, single spaces: the form every lookup sees."""
+    text = unicodedata.normalize("NFKC", text)
+    text = text.replace("\u2019", "'").replace("\u2018", "'")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _korean_pattern(spelling: str) -> str:
+    chars = spelling.replace(" ", "")
+    for suffix in _SHOT_SUFFIXES:  # treat every shot suffix as one symbol
+        chars = chars.replace(suffix, "\0")
+    parts = [r"(?:샷|숏|쇼\s*트)" if c == "\0" else re.escape(c) for c in chars]
+    return r"\s*".join(parts)
+
+
+def _english_pattern(spelling: str) -> str:
+    words = [w for w in re.split(r"[\s\-_]+", spelling.lower()) if w]
+    parts = [re.escape(w).replace("'", "'?") for w in words]
+    return r"(?i:(?<![a-z0-9])" + r"[\s\-_]*".join(parts) + r"(?![a-z0-9]))"
+
+
+def _abbrev_pattern(spelling: str) -> str:
+    return r"(?<![A-Za-z0-9])" + re.escape(spelling) + r"\.?(?![A-Za-z0-9])"
+
+
+@dataclass
+class Vocabulary:
+    """The parsed table plus the compiled matchers. Build with ``load_vocabulary``."""
+
+    data: dict
+    terms: tuple[Term, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.terms = tuple(_parse_terms(self.data))
+        self._by_key = {(t.kind, t.key): t for t in self.terms}
+        self._by_token = {t.token: t for t in self.terms if t.token}
+        self._matchers = {kind: _compile(self.terms, kind) for kind in (None, *KINDS.values())}
+
+    # -- lists ----------------------------------------------------------------------------
+    def of_kind(self, kind: str) -> tuple[Term, ...]:
+        return tuple(t for t in self.terms if t.kind == kind)
+
+    @property
+    def shot_sizes(self) -> tuple[Term, ...]:
+        """Tightest to widest, in table order."""
+        return self.of_kind("shot_size")
+
+    @property
+    def angles(self) -> tuple[Term, ...]:
+        return self.of_kind("angle")
+
+    @property
+    def locations(self) -> tuple[Term, ...]:
+        return self.of_kind("location")
+
+    @property
+    def trigger_tokens(self) -> dict[str, Term]:
+        """Trigger token -> shot size term."""
+        return dict(self._by_token)
+
+    # -- lookups --------------------------------------------------------------------------
+    def get(self, kind: str, key: str) -> Term:
+        try:
+            return self._by_key[(kind, key)]
+        except KeyError:
+            known = ", ".join(t.key for t in self.of_kind(kind))
+            raise UserError(f"unknown {kind} {key!r}; known: {known}") from None
+
+    def lookup(self, text: object, kind: str | None = None) -> Term | None:
+        """The term a whole string names (a key, token, name or any spelling), else None."""
+        if not isinstance(text, str):
+            return None
+        norm = normalize_text(text)
+        for term in self.terms:
+            if (kind is None or term.kind == kind) and norm in (term.key, term.token):
+                return term
+        pattern, groups = self._matchers[kind]
+        match = pattern.fullmatch(norm)
+        return groups[match.lastgroup] if match else None
+
+    def find(self, text: str, kind: str | None = None) -> list[TermMatch]:
+        """Every vocabulary term in free text, left to right, longest spelling first, no overlaps.
+        Offsets refer to ``normalize_text(text)``."""
+        norm = normalize_text(text)
+        pattern, groups = self._matchers[kind]
+        return [TermMatch(groups[m.lastgroup], m.start(), m.end(), m.group()) for m in pattern.finditer(norm)]
+
+    def shot_for_token(self, token: str) -> Term | None:
+        return self._by_token.get(token)
+
+    def prompt_words(self, shot: str | None = None, angle: str | None = None, location: str | None = None) -> list[str]:
+        """English words for a record's labels, e.g. ["full shot", "eye level", "outdoor"]."""
+        words = []
+        for kind, key in (("shot_size", shot), ("angle", angle), ("location", location)):
+            if key:
+                words.append(self.get(kind, key).name)
+        return words
+
+
+def _parse_terms(data: dict) -> Iterable[Term]:
+    seen_tokens: dict[str, str] = {}
+    for section, kind in KINDS.items():
+        for entry in data.get(section, []):
+            if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+                raise UserError(f"vocabulary: every entry of {section!r} needs a string 'key' (got {entry!r})")
+            key = entry["key"]
+            term = Term(
+                kind=kind, key=key, name=str(entry.get("name") or key.replace("_", " ")),
+                ko=tuple(entry.get("ko", ())), en=tuple(entry.get("en", ())), abbrev=tuple(entry.get("abbrev", ())),
+                token=entry.get("token"), initializer=entry.get("initializer"),
+            )
+            if kind == "shot_size":
+                if not term.token or not re.fullmatch(r"<[^<>\s]+>", term.token):
+                    raise UserError(f"vocabulary: shot size {key!r} needs a token like <xx_trg> (got {term.token!r})")
+                if not term.initializer:
+                    raise UserError(f"vocabulary: shot size {key!r} needs initializer words")
+                if term.token in seen_tokens:
+                    raise UserError(f"vocabulary: token {term.token} is used by both {seen_tokens[term.token]!r} and {key!r}")
+                seen_tokens[term.token] = key
+            yield term
+
+
+def _spellings(term: Term) -> Iterable[tuple[str, str]]:
+    """(pattern, canonical spelling) for every way a term may be written."""
+    for s in (term.name, *term.en):
+        yield _english_pattern(normalize_text(s)), normalize_text(s).lower()
+    for s in term.ko:
+        s = normalize_text(s)
+        yield (_korean_pattern(s), s.replace(" ", "")) if _HANGUL.search(s) else (_english_pattern(s), s.lower())
+    for s in term.abbrev:
+        yield _abbrev_pattern(normalize_text(s)), s
+    if term.token:
+        yield re.escape(term.token), term.token
+
+
+def _compile(terms: tuple[Term, ...], kind: str | None):
+    """One alternation over all spellings, longest first, each in a named group naming its term."""
+    owners: dict[tuple[str, str], Term] = {}
+    alternatives = []
+    for term in terms:
+        if kind is not None and term.kind != kind:
+            continue
+        for pattern, canonical in _spellings(term):
+            owner = owners.setdefault((term.kind if kind else "*", canonical), term)
+            if owner is not term:
+                raise UserError(
+                    f"vocabulary: {canonical!r} names both {owner.kind} {owner.key!r} and {term.kind} {term.key!r}")
+            alternatives.append((len(canonical), pattern, term))
+    alternatives.sort(key=lambda a: -a[0])
+    groups = {f"t{i}": term for i, (_, _, term) in enumerate(alternatives)}
+    body = "|".join(f"(?P<t{i}>{pattern})" for i, (_, pattern, _) in enumerate(alternatives))
+    return re.compile(body or r"(?!x)x"), groups
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """Extend ``base`` with a user table: entries merged by key, lists unioned, scalars replaced."""
+    merged = {section: [dict(e) for e in base.get(section, [])] for section in KINDS}
+    for section in KINDS:
+        by_key = {e["key"]: e for e in merged[section]}
+        for entry in extra.get(section, []):
+            if not isinstance(entry, dict) or "key" not in entry:
+                raise UserError(f"vocabulary: every entry of {section!r} needs a 'key' (got {entry!r})")
+            target = by_key.get(entry["key"])
+            if target is None:
+                merged[section].append(dict(entry))
+                by_key[entry["key"]] = merged[section][-1]
+                continue
+            for name, value in entry.items():
+                if isinstance(value, list):
+                    target[name] = list(dict.fromkeys([*target.get(name, []), *value]))
+                else:
+                    target[name] = value
+    return merged
+
+
+def builtin_table() -> dict:
+    text = resources.files("storyboard").joinpath("data/vocabulary.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@lru_cache(maxsize=8)
+def _load_cached(path: str | None) -> Vocabulary:
+    table = builtin_table()
+    if path is None:
+        return Vocabulary(table)
+    try:
+        user = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise UserError(f"vocabulary file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"vocabulary file {path} is not valid JSON: {exc}") from None
+    if not isinstance(user, dict):
+        raise UserError(f"vocabulary file {path} must hold a JSON object")
+    return Vocabulary({s: user.get(s, []) for s in KINDS} if user.get("replace") else _merge(table, user))
+
+
+def load_vocabulary(path: str | Path | None = None) -> Vocabulary:
+    """The built-in vocabulary, extended or replaced by the JSON file at ``path`` when given."""
+    return _load_cached(str(Path(path).resolve()) if path else None)
