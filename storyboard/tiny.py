@@ -234,6 +234,14 @@ def build_tiny_open_clip(folder: str | Path, seed: int = DEFAULT_SEED) -> Path:
     return folder
 
 
+def build_tiny_marian_folder(folder: str | Path, seed: int = DEFAULT_SEED) -> Path:
+    """A tiny MarianMT ko->en folder (the layout of opus-mt-ko-en) for 02_translate.py --backend marian."""
+    from .tiny_marian import build_tiny_marian
+
+    build_tiny_marian(Path(folder), seed)
+    return Path(folder)
+
+
 @dataclass(frozen=True)
 class TinyModel:
     """One entry of the ``--only`` menu: the folder name under --out and how to fill it."""
@@ -247,6 +255,7 @@ class TinyModel:
 BUILDERS: dict[str, TinyModel] = {
     "model_sd": TinyModel(build_tiny_sd, 1, "SD1.5-layout diffusers pipeline with the real CLIP tokenizer"),
     "clip": TinyModel(build_tiny_open_clip, 1, "open_clip ViT CLIP (local-dir and config+checkpoint forms)"),
+    "marian_ko_en": TinyModel(build_tiny_marian_folder, 1, "MarianMT ko->en with a locally trained SentencePiece vocabulary"),
 }
 
 
