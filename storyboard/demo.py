@@ -83,6 +83,48 @@ def step_sample_data(demo: Demo) -> Section:
     )
 
 
+def _stage_section(title: str, text: str, output: Path, command: str) -> Section:
+    """A section for a JSONL stage: its summary (from <output>.run.json) and links to what it wrote."""
+    from .records import rejects_path_for, run_info_path_for
+
+    run = json.loads(run_info_path_for(output).read_text(encoding="utf-8"))
+    summary = run["summary"]
+    rows = [("read", summary["read"]), ("written", summary["written"])]
+    rows += [(f"rejected: {reason}", n) for reason, n in summary["rejected_by_reason"].items()]
+    return Section(title, text, command=command, table=(("", "records"), rows),
+                   links=[(output.name, output), (rejects_path_for(output).name, rejects_path_for(output)),
+                          (run_info_path_for(output).name, run_info_path_for(output))])
+
+
+def step_collect(demo: Demo) -> Section:
+    cwd = demo.work / "Dataset_collect_title_method"
+    cwd.mkdir(exist_ok=True)
+    command = demo.python(REPO_ROOT / "Dataset_collect_title_method" / "collect_title_matches.py",
+                          "--input", "../sample_data/raw", "--image-root", "../sample_data/images",
+                          "--titles", "../sample_data/titles.csv", cwd=cwd)
+    return _stage_section("Collect and match titles", "Raw crawls merged, titles matched, duplicates and "
+                          "missing images sent to rejects.",
+                          demo.work / "Data_preprocessing_method" / "metadata_raw.jsonl", command)
+
+
+def step_clean_tags(demo: Demo) -> Section:
+    cwd = demo.work / "Data_preprocessing_method"
+    command = demo.python(REPO_ROOT / "Data_preprocessing_method" / "01_preprocess_tags.py",
+                          "--input", "metadata_raw.jsonl", "--output", "metadata_clean.jsonl", cwd=cwd)
+    return _stage_section("Clean Korean tags", "Tags and captions cleaned and mapped onto the shot vocabulary.",
+                          cwd / "metadata_clean.jsonl", command)
+
+
+def step_translate(demo: Demo) -> Section:
+    cwd = demo.work / "Data_preprocessing_method"
+    command = demo.python(REPO_ROOT / "Data_preprocessing_method" / "02_translate.py",
+                          "--input", "metadata_clean.jsonl", "--output", "metadata_translated.jsonl",
+                          "--backend", "marian", "--model", "../marian_ko_en", "--batch-size", 16, cwd=cwd)
+    return _stage_section("Translate to English prompts", "Shot words through the vocabulary table, free text "
+                          "through the tiny random-weight Marian model (so the caption words are noise).",
+                          cwd / "metadata_translated.jsonl", command)
+
+
 def step_base_model_check(demo: Demo) -> Section:
     """One picture from the tiny base through StableDiffusionPipeline.from_pretrained, as a user would."""
     out = demo.work / "model_output" / "base_check.png"
@@ -104,6 +146,9 @@ STEPS: list[tuple[str, Callable[[Demo], Section]]] = [
     ("tiny models", step_tiny_models),
     ("sample data", step_sample_data),
     ("tiny base model", step_base_model_check),
+    ("collect", step_collect),
+    ("clean tags", step_clean_tags),
+    ("translate", step_translate),
 ]
 
 
