@@ -39,7 +39,11 @@ class Demo:
         argv = [str(a) for a in args]
         shown = " ".join(shlex.quote(a) for a in argv).replace(sys.executable, "python")
         print(f"$ {shown}", flush=True)
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        # The venv's bin first, so launchers find its `accelerate`; one thread, because the tiny
+        # models gain nothing from more and two processes on two cores would oversubscribe.
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT),
+                   PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+        env.setdefault("OMP_NUM_THREADS", "1")
         proc = subprocess.run(argv, cwd=cwd or self.work, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         print(proc.stdout, end="" if proc.stdout.endswith("\n") or not proc.stdout else "\n", flush=True)

@@ -1,0 +1,63 @@
+"""Generate images with a trained trigger checkpoint (trigger tokens + LoRA) on its base model.
+
+    python inference_trigger.py --base-model ./model_sd --checkpoint ./model_sd_weight/train_fs \
+      --prompt "<fs_trg>, full shot, Eye level, outdoor" --output ./model_output/sample.png
+
+    python inference_trigger.py --shot 풀샷 --prompt "a man in a coat, outdoor" --num-images 4 --output ./model_output/
+    python inference_trigger.py --prompts-file prompts.jsonl --output ./model_output/batch/
+
+Trigger rules: ``--shot full`` (or 풀샷, FS, ...) puts the shot's token and words in front of the
+prompt; a prompt that already holds a trigger is left alone; a trigger the checkpoint did not train
+is an error that lists the ones it did. Without ``--checkpoint`` the bare base model runs and every
+trigger is replaced by its plain words. Each PNG carries its settings (the WebUI's ``parameters``
+text) and a sidecar JSONL beside the images holds the same fields. The logic is in
+``storyboard/generate.py``; see docs/inference_validation.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
+
+from storyboard.cli import add_vocabulary_arguments, run_main  # noqa: E402
+
+BASE_MODEL = Path("./model_sd")  # the base Stable Diffusion diffusers folder the checkpoint was trained on
+CHECKPOINT = Path("./model_sd_weight/train_fs")  # the training output folder (LoRA + embeddings/ + manifest)
+OUTPUT = Path("./model_output/sample.png")  # a .png file, or a folder for several images
+PROMPT = None  # the prompt; None: give --prompt, --shot or --prompts-file
+SEED = 0  # seed of the first image; image n of a prompt uses SEED + n
+
+
+def main(argv=None) -> int:
+    from storyboard.generate import add_model_arguments, add_sampling_arguments, run_inference
+
+    parser = argparse.ArgumentParser(prog="inference_trigger.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
+    add_model_arguments(parser, base_default=BASE_MODEL)
+    parser.add_argument("--checkpoint", default=str(CHECKPOINT),
+                        help="training output folder (default: %(default)s); pass '' for the bare base model")
+    group = parser.add_argument_group("what to draw")
+    group.add_argument("--prompt", default=PROMPT, help="the prompt (a trigger in it is kept as it is)")
+    group.add_argument("--shot", default=None,
+                       help="shot size to put in front of the prompt: a key (full), words (full shot), Korean (풀샷) "
+                            "or a token (<fs_trg>)")
+    group.add_argument("--prompts-file", type=Path, default=None,
+                       help="a .txt (one prompt a line) or .jsonl (prompt, negative_prompt, seed, shot, lora_scale) file")
+    group.add_argument("--seed", type=int, default=SEED, help="seed (default: %(default)s)")
+    group.add_argument("--num-images", type=int, default=1, help="images per prompt, seeds seed, seed+1, ... (default: 1)")
+    group.add_argument("--output", type=Path, default=OUTPUT, help="a .png file or a folder (default: %(default)s)")
+    add_sampling_arguments(parser)
+    add_vocabulary_arguments(parser)
+    args = parser.parse_args(argv)
+    args.checkpoint = Path(args.checkpoint) if args.checkpoint else None
+
+    result = run_inference(args, warn=lambda m: print(m, file=sys.stderr))
+    print(result.summary_table())
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
