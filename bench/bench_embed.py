@@ -1,0 +1,152 @@
+"""Embedding throughput: the clustering stage's loader + encoder end to end (files decoded, preprocessed,
+encoded, normalised) against a bare ``model.encode_image`` loop over the same images already
+preprocessed into tensors, in the same run, for the full-size ViT-B-32 architecture with random weights
+(nothing to download; the arithmetic is the real model's).
+
+    python bench/bench_embed.py                      # CPU, 64 images of 1024x1024 JPEG
+    python bench/bench_embed.py --device cuda --images 2048 --batch-size 256   # on a GPU (fp16 autocast)
+
+Target: end to end >= 90% of the bare loop. Variants: the stage's defaults (DataLoader workers decoding
+ahead, JPEGs decoded at reduced DCT scale), and the same without workers / without the reduced decode,
+to show what each buys. Each variant runs --repeats times, alternating, and the best time counts (the
+machine may be shared), with the CPU time it took per image. Results also go to
+bench/results/bench_embed.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def make_images(folder: Path, count: int, size: int, fmt: str) -> list[Path]:
+    from storyboard.shot_composites import FRAMING, composite
+
+    keys = list(FRAMING)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:05d}.{fmt}"
+        image = composite(keys[i % len(keys)], size, size, seed=i).image
+        image.save(path, quality=92) if fmt == "jpg" else image.save(path)
+        paths.append(path)
+    return paths
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--size", type=int, default=1024, help="side of the square test images (Dataset_fin's)")
+    parser.add_argument("--format", choices=("jpg", "png"), default="jpg")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the stage's choice)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, auto")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bench_embed.json")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("STORYBOARD_NO_PROGRESS", "1")
+
+    import open_clip
+    import torch
+
+    from storyboard.cli import format_table
+    from storyboard.embed import ClipModel, _device, default_workers, iter_embeddings, open_for_embedding, quiet_open_clip
+
+    device = _device(args.device)
+    with quiet_open_clip():
+        model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=None)
+    model = model.to(device).eval()
+    clip = ClipModel(model, preprocess, None, args.model, "bench", device, {"embed_dim": int(model.text_projection.shape[1])})
+    cuda = device.type == "cuda"
+    workers = default_workers(device) if args.workers is None else args.workers
+
+    with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
+        paths = make_images(Path(tmp), args.images, args.size, args.format)
+        # The bare loop's input: the same files, decoded and preprocessed beforehand (not timed).
+        tensors = torch.stack([preprocess(open_for_embedding(p, None)) for p in paths])
+        batches = [tensors[i:i + args.batch_size] for i in range(0, len(tensors), args.batch_size)]
+        autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else torch.autocast("cpu", enabled=False)
+
+        def cpu_seconds() -> float:
+            import resource
+
+            me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+        def sync():
+            if cuda:
+                torch.cuda.synchronize()
+
+        def bare() -> float:
+            sync()
+            start = time.perf_counter()
+            with torch.inference_mode(), autocast:
+                for batch in batches:
+                    feats = model.encode_image(batch.to(device, non_blocking=True))
+                    torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
+            sync()
+            return time.perf_counter() - start
+
+        def ours(n_workers: int, fast: bool) -> float:
+            sync()
+            start = time.perf_counter()
+            n = sum(len(b.indices) for b in iter_embeddings(clip, paths, batch_size=args.batch_size,
+                                                           workers=n_workers, fast_decode=fast))
+            sync()
+            assert n == len(paths)
+            return time.perf_counter() - start
+
+        with torch.inference_mode(), autocast:  # warm-up (kernels, allocator, thread pools)
+            model.encode_image(batches[0][:2].to(device))
+        def label(n: int) -> str:
+            return f"{n} decode worker process{'es' if n > 1 else ''}" if n else "1 decode thread"
+
+        variants = {
+            "bare encode_image loop (pre-decoded tensors)": bare,
+            f"ours (default): {label(workers)}, reduced-size decode": lambda: ours(workers, True),
+            f"ours: {label(workers)}, full-size decode": lambda: ours(workers, False),
+        }
+        other = 1 if workers == 0 else 0
+        variants[f"ours: {label(other)}, reduced-size decode"] = lambda: ours(other, True)
+        best = {name: float("inf") for name in variants}
+        cpu = {name: float("inf") for name in variants}
+        for _ in range(max(1, args.repeats)):
+            for name, fn in variants.items():
+                before = cpu_seconds()
+                best[name] = min(best[name], fn())
+                cpu[name] = min(cpu[name], cpu_seconds() - before)
+
+    bare_rate = len(paths) / best[next(iter(variants))]
+    rows, results = [], []
+    for name, seconds in best.items():
+        rate = len(paths) / seconds
+        cpu_ms = 1000 * cpu[name] / len(paths)
+        rows.append((name, len(paths), f"{seconds:.2f}", f"{rate:.1f}", f"{rate / bare_rate:.0%}", f"{cpu_ms:.0f}"))
+        results.append({"variant": name, "images": len(paths), "seconds": round(seconds, 3),
+                        "images_per_s": round(rate, 2), "of_bare": round(rate / bare_rate, 4),
+                        "cpu_ms_per_image": round(cpu_ms, 1)})
+    print(f"{args.model} (random weights), {args.images} images {args.size}x{args.size} {args.format}, batch "
+          f"{args.batch_size}, device {device}{' fp16 autocast' if cuda else ''}, torch threads {torch.get_num_threads()}, "
+          f"CPUs {os.cpu_count()}")
+    print(format_table(rows, header=("variant", "images", "seconds", "images/s", "of bare", "CPU ms/image")))
+    print("(best of --repeats; 'CPU ms/image' counts every core and the decode workers, so it shows the decoding's "
+          "cost even when a busy machine blurs the wall-clock figures)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%d %H:%M"), "device": str(device),
+        "gpu": torch.cuda.get_device_name(0) if cuda else None, "platform": platform.platform(),
+        "cpus": os.cpu_count(), "model": args.model, "images": args.images, "size": args.size,
+        "format": args.format, "batch_size": args.batch_size, "results": results,
+    }, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
