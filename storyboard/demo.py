@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .cli import UserError, run_main
+from .demo_clustering import step_clustering
 from .report import Section, write_index
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -129,30 +130,122 @@ def step_translate(demo: Demo) -> Section:
                           cwd / "metadata_translated.jsonl", command)
 
 
-def step_base_model_check(demo: Demo) -> Section:
-    """One picture from the tiny base through StableDiffusionPipeline.from_pretrained, as a user would."""
-    out = demo.work / "model_output" / "base_check.png"
-    code = (
-        "import sys, torch; from diffusers import StableDiffusionPipeline\n"
-        "pipe = StableDiffusionPipeline.from_pretrained(sys.argv[1], safety_checker=None)\n"
-        "pipe.set_progress_bar_config(disable=True)\n"
-        "g = torch.Generator().manual_seed(0)\n"
-        "img = pipe('full shot, eye level, outdoor', num_inference_steps=4, height=64, width=64, generator=g).images[0]\n"
-        "img.save(sys.argv[2])\n"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = demo.python("-c", code, demo.work / "model_sd", out)
-    return Section("Tiny base model", "A 64 px image from the tiny base (random weights: noise is the expected look).",
-                   thumbs=[(out, "base, 4 steps")], command="python -c '<StableDiffusionPipeline.from_pretrained ...>'")
+def step_finalize(demo: Demo) -> Section:
+    cwd = demo.work / "Data_preprocessing_method"
+    command = demo.python(REPO_ROOT / "Data_preprocessing_method" / "03_finalize_dataset.py",
+                          "--image-root", "../sample_data/images", "--metadata", "metadata_translated.jsonl",
+                          "--out", "../Dataset_fin", cwd=cwd)
+    section = _stage_section("Bubble removal and 1024 squares", "Images opened robustly (EXIF, odd modes), speech "
+                             "bubbles masked and painted out, padded to 1024 x 1024 squares.",
+                             demo.work / "Dataset_fin", command)
+    masks = sorted((demo.work / "Dataset_fin").rglob("*mask*.png"))[:6]
+    section.thumbs = [(m, m.name) for m in masks]
+    return section
+
+
+def step_lineart(demo: Demo) -> Section:
+    cwd = demo.work / "Data_preprocessing_Line"
+    cwd.mkdir(exist_ok=True)
+    script = REPO_ROOT / "Data_preprocessing_Line" / "01_preprocessing.py"
+    command = demo.python(script, "--backend", "xdog", cwd=cwd)
+    # The seed's method too, on the tiny SDXL + ControlNet + annotators, beside the xdog set.
+    demo.python(script, "--backend", "sdxl-controlnet", "--out-dir", "lineart_sdxl",
+                "--output", "../Dataset_fin/metadata_lineart_sdxl.jsonl", "--size", 64,
+                "--num-inference-steps", 2, "--detect-resolution", 128, cwd=cwd)
+    sheet = demo.python(REPO_ROOT / "Data_preprocessing_Line" / "contact_sheet.py",
+                        "--image-root", "../sample_data/images", cwd=cwd)
+    data = demo.work / "Dataset_fin"
+    xdog = sorted((data / "lineart").glob("*.png"))[:4]
+    sdxl = sorted((data / "lineart_sdxl").glob("*.png"))[:2]
+    return Section("Line art and contact sheet", "xdog line art for every square (and the seed's SDXL ControlNet "
+                   "method on the tiny models, whose output is noise); the contact sheet shows original | bubble "
+                   "mask | cleaned square | line art.",
+                   links=[("contact sheet (HTML)", data / "contact_sheet.html"),
+                          ("contact sheet (PNG)", data / "contact_sheet.png")],
+                   thumbs=[(p, "xdog " + p.name) for p in xdog] + [(p, "sdxl-controlnet " + p.name) for p in sdxl],
+                   command=command + "\n" + sheet)
+
+
+# A few dozen steps on the tiny model: enough to show every output and a falling loss, in well under
+# a minute on two CPU cores.
+TRAIN_ARGS = ("--max_train_steps", 40, "--resolution", 64, "--train_batch_size", 4, "--dataloader_num_workers", 0,
+              "--checkpointing_steps", 20, "--validation_steps", 20, "--num_validation_images", 1,
+              "--validation_inference_steps", 8, "--learning_rate", "1e-3", "--text_encoder_lr", "1e-3",
+              "--token_learning_rate", "1e-2")
+
+
+def step_train(demo: Demo) -> Section:
+    out = demo.work / "model_sd_weight" / "train_fs"
+    argv = ["bash", REPO_ROOT / "shot_trigger_train.sh", "--pretrained_model_name_or_path", "./model_sd",
+            "--train_data_dir", "./Dataset_fin", "--output_dir", "./model_sd_weight/train_fs", *TRAIN_ARGS]
+    manifest_path = out / "trigger_manifest.json"
+    done = manifest_path.is_file() and json.loads(manifest_path.read_text(encoding="utf-8"))["training"]
+    steps = int(TRAIN_ARGS[TRAIN_ARGS.index("--max_train_steps") + 1])
+    if done and done.get("final") and done.get("global_step") == steps and manifest_path.stat().st_mtime > \
+            (demo.work / "Dataset_fin" / "metadata.jsonl").stat().st_mtime:
+        # The trainer itself would start a new run; the demo skips a finished one on the same data.
+        print(f"already trained ({steps} steps, newer than Dataset_fin/metadata.jsonl): {out}")
+        command = " ".join(str(a) for a in argv)
+    else:
+        command = demo.run(argv)
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    previews = sorted(out.rglob("*.png"))[-6:]
+    embeddings = sorted((out / "embeddings").glob("*.safetensors"))
+    links = [("pytorch_lora_weights.safetensors (diffusers)", out / "pytorch_lora_weights.safetensors"),
+             ("lora_webui.safetensors (kohya / A1111 / ComfyUI)", out / "lora_webui.safetensors"),
+             ("trigger_manifest.json", out / "trigger_manifest.json")]
+    links += [(f"embeddings/{e.name}", e) for e in embeddings]
+    training = manifest["training"]
+    return Section("Trigger tokens + LoRA training",
+                   f"shot_trigger_train.sh → accelerate launch train_trigger02.py on the tiny base; "
+                   f"{len(embeddings)} trigger tokens, {training['global_step']} steps; fixed-noise loss "
+                   f"{training['fixed_noise_loss_start']:.3f} -> {training['fixed_noise_loss_end']:.3f}.",
+                   links=links, thumbs=[(p, p.parent.name + "/" + p.name) for p in previews], command=command)
+
+
+def step_inference(demo: Demo) -> Section:
+    out = demo.work / "model_output" / "sample.png"
+    command = demo.python(REPO_ROOT / "inference_trigger.py", "--base-model", "./model_sd",
+                          "--checkpoint", "./model_sd_weight/train_fs",
+                          "--prompt", "<fs_trg>, full shot, Eye level, outdoor", "--output", "./model_output/sample.png")
+    return Section("Inference", "The seed's inference call; the PNG carries A1111-style `parameters` text and a "
+                   "sidecar JSONL.", thumbs=[(out, "<fs_trg>, full shot, Eye level, outdoor")], command=command)
+
+
+def step_validation(demo: Demo) -> Section:
+    from .validation_report import read_report_summary
+
+    prompts = demo.work / "validation" / "validation.jsonl"
+    demo.python(REPO_ROOT / "validation" / "make_validation_jsonl.py", "--shots", "full", "medium", "close_up",
+                "--angles", "eye_level", "--locations", "outdoor", "--subjects", "a man in a grey coat",
+                "--seeds", 0, 1, "--output", prompts)
+    # Two CPU processes: accelerate 1.15 starts only one with --cpu, so use --multi_gpu with --device cpu.
+    common = ["--base-model", "model_sd", "--prompts", "validation/validation.jsonl", "--output-dir",
+              "validation/output", "--width", 64, "--height", 64, "--steps", 4, "--device", "cpu"]
+    env = ["env", f"PYTHON={sys.executable}", "ACCELERATE_ARGS=--multi_gpu --num_processes 2"]
+    demo.run([*env, "bash", REPO_ROOT / "validation" / "base_valid.sh", *common])
+    command = demo.run([*env, "bash", REPO_ROOT / "validation" / "validation.sh", *common,
+                        "--checkpoint", "model_sd_weight/train_fs"])
+    table, grids, page = read_report_summary(demo.work / "validation" / "output")
+    return Section("Validation: base vs trained", "Validation prompts on two CPU processes under accelerate launch, "
+                   "base model and trained checkpoint, same seed per row; trigger fidelity judged by the OpenCV "
+                   "shot-size estimator (tiny random models draw noise, so low fidelity is expected).",
+                   links=[("validation report", page)], table=table, thumbs=[(g, g.name) for g in grids[:4]],
+                   command=command)
 
 
 STEPS: list[tuple[str, Callable[[Demo], Section]]] = [
     ("tiny models", step_tiny_models),
     ("sample data", step_sample_data),
-    ("tiny base model", step_base_model_check),
     ("collect", step_collect),
     ("clean tags", step_clean_tags),
     ("translate", step_translate),
+    ("finalize", step_finalize),
+    ("line art", step_lineart),
+    ("clustering", step_clustering),
+    ("training", step_train),
+    ("inference", step_inference),
+    ("validation", step_validation),
 ]
 
 

@@ -242,6 +242,17 @@ def build_tiny_marian_folder(folder: str | Path, seed: int = DEFAULT_SEED) -> Pa
     return Path(folder)
 
 
+def _lineart_builder(name: str) -> Callable[[Path, int], Path]:
+    """Defer importing the line-art builders until one is asked for."""
+
+    def build(folder: Path, seed: int = DEFAULT_SEED) -> Path:
+        from . import tiny_lineart
+
+        return getattr(tiny_lineart, name)(folder, seed)
+
+    return build
+
+
 @dataclass(frozen=True)
 class TinyModel:
     """One entry of the ``--only`` menu: the folder name under --out and how to fill it."""
@@ -256,6 +267,11 @@ BUILDERS: dict[str, TinyModel] = {
     "model_sd": TinyModel(build_tiny_sd, 1, "SD1.5-layout diffusers pipeline with the real CLIP tokenizer"),
     "clip": TinyModel(build_tiny_open_clip, 1, "open_clip ViT CLIP (local-dir and config+checkpoint forms)"),
     "marian_ko_en": TinyModel(build_tiny_marian_folder, 1, "MarianMT ko->en with a locally trained SentencePiece vocabulary"),
+    "model_sdxl": TinyModel(_lineart_builder("build_tiny_sdxl"), 1, "SDXL-layout diffusers folder (two text encoders)"),
+    "controlnet_lineart_sdxl": TinyModel(_lineart_builder("build_tiny_sdxl_controlnet"), 1,
+                                         "SDXL ControlNet made from that UNet"),
+    "annotators": TinyModel(_lineart_builder("build_tiny_annotators"), 1,
+                            "controlnet_aux lineart / lineart_anime annotator weights"),
 }
 
 
