@@ -43,50 +43,9 @@ from storyboard.cli import format_table  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 PROMPT = "<fs_trg>, full shot, eye level, outdoor, a man in a grey coat"
 
-# Stable Diffusion 1.5's component configs (runwayml/stable-diffusion-v1-5), value for value.
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, act_fn="silu", center_input_sample=False,
-    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, mid_block_scale_factor=1, norm_eps=1e-5,
-)
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, act_fn="silu",
-)
-SD15_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=2,
-    pad_token_id=1,
-)
-SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                      skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+from sd15_random import SD15_TEXT, build_random_sd15  # noqa: E402  (SD1.5 configs, random weights)
 TOKENS = [("<fs_trg>", "full shot"), ("<ms_trg>", "medium shot")]
 LORA_RANK = 16
-
-
-def build_base(folder: Path, seed: int) -> Path:
-    """The random-weight SD1.5 diffusers folder (fp16 safetensors)."""
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
-
-    from storyboard.tiny import build_clip_tokenizer
-
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as scratch:
-        pipe = StableDiffusionPipeline(
-            unet=UNet2DConditionModel(**SD15_UNET), vae=AutoencoderKL(**SD15_VAE),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT)), tokenizer=build_clip_tokenizer(scratch),
-            scheduler=PNDMScheduler(**SD15_SCHEDULER), feature_extractor=CLIPImageProcessor(),
-            safety_checker=None, requires_safety_checker=False)
-        pipe.to(torch.float16)
-        pipe.save_pretrained(folder, safe_serialization=True)
-        shutil.rmtree(folder / "tokenizer")
-        shutil.copytree(scratch, folder / "tokenizer")
-    return folder
 
 
 def build_checkpoint(base: Path, out: Path, seed: int) -> Path:
@@ -192,7 +151,7 @@ def main(argv=None) -> int:
     base, ckpt = work / "model_sd", work / "train_bench"
     t0 = time.perf_counter()
     if not (base / "model_index.json").is_file():
-        build_base(base, args.seed)
+        build_random_sd15(base, args.seed)
     if not (ckpt / "trigger_manifest.json").is_file():
         build_checkpoint(base, ckpt, args.seed)
     print(f"random SD1.5 + trigger checkpoint ready in {time.perf_counter() - t0:.0f} s under {work}", flush=True)

@@ -49,28 +49,8 @@ sys.path.insert(0, str(REPO))
 from storyboard.cli import format_table  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-MARKER = ".bench_train_done"
 
-# Stable Diffusion 1.5's component configs (runwayml/stable-diffusion-v1-5), value for value.
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, act_fn="silu", center_input_sample=False,
-    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, mid_block_scale_factor=1, norm_eps=1e-5,
-)
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, act_fn="silu", scaling_factor=0.18215,
-)
-SD15_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
-    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-)
-SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                      skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+from sd15_random import build_random_sd15  # noqa: E402  (SD1.5 configs, random weights)
 TOKENS = (("<fs_trg>", "full shot"), ("<ms_trg>", "medium shot"))
 RANK, UNET_LR, TE_LR, TOKEN_LR = 4, 1e-4, 5e-5, 5e-4
 RESOLUTION = 512
@@ -79,35 +59,6 @@ RESOLUTION = 512
 # --------------------------------------------------------------------------------------------
 # The model folder and the data
 # --------------------------------------------------------------------------------------------
-def build_base(folder: Path, seed: int = 0) -> Path:
-    """The random-weight SD1.5 diffusers folder (fp16 safetensors), built once."""
-    if (folder / MARKER).is_file():
-        return folder
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
-
-    from storyboard.tiny import build_clip_tokenizer
-
-    torch.manual_seed(seed)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        pipe = StableDiffusionPipeline(
-            unet=UNet2DConditionModel(**SD15_UNET), vae=AutoencoderKL(**SD15_VAE),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT)), tokenizer=build_clip_tokenizer(scratch),
-            scheduler=PNDMScheduler(**SD15_SCHEDULER), feature_extractor=CLIPImageProcessor(),
-            safety_checker=None, requires_safety_checker=False)
-        pipe.to(torch.float16)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(tmp / "tokenizer")
-        shutil.copytree(scratch, tmp / "tokenizer")
-    (tmp / MARKER).write_text("sd15 random\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
-
-
 def build_data(folder: Path, n: int = 8) -> Path:
     """``n`` 512 px images (random shapes), captions starting with a trigger."""
     if (folder / "metadata.jsonl").is_file():
@@ -291,7 +242,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     print(f"building / reusing the random SD1.5 folder under {args.work} ...", file=sys.stderr)
-    base = build_base(args.work / "sd15_random")
+    base = build_random_sd15(args.work / "sd15_random")
     data = build_data(args.work / "Dataset_fin")
     configs = [("baseline (diffusers example)", None)] + [("ours", False)] + ([("ours + gradient checkpointing", True)] if gpu else [])
     rows, results = [], []

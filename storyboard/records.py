@@ -18,8 +18,10 @@ import io
 import json
 import os
 import platform
+import shutil
 import sys
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -210,6 +212,29 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike):
+    """Fill a fresh temp folder beside ``final``; on success swap it into place (an existing folder is
+    moved aside first and removed after), else remove it. Readers see the old folder or the new one."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # mkdir with the normal umask (not tempfile's 0700): the folder becomes one others read.
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -50,17 +50,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .cli import UserError, run_main
-from .records import atomic_write, atomic_write_json
+from .records import atomic_dir, atomic_write, atomic_write_json
 
 MARKER = ".tiny_done"
 DEFAULT_SEED = 0
@@ -295,14 +293,6 @@ def read_marker(folder: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _fresh_dir(parent: Path, prefix: str) -> Path:
-    """A new uniquely named folder; unlike ``mkdtemp`` (mode 0700) it keeps the umask's permissions,
-    since it becomes the final model folder that others may need to read."""
-    path = parent / f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return path
-
-
 def _build_one(out: Path, name: str, seed: int, force: bool) -> BuildResult:
     spec = BUILDERS[name]
     final = out / name
@@ -316,21 +306,10 @@ def _build_one(out: Path, name: str, seed: int, force: bool) -> BuildResult:
         if marker == wanted and not force:
             return BuildResult(name, final, False, time.perf_counter() - start)
 
-    # Build beside the target (same file system, so the rename below is atomic).
-    tmp = _fresh_dir(out, f".{name}.tmp-")
-    try:
+    # Built beside the target (same file system, so the swap into place is a rename).
+    with atomic_dir(final) as tmp:
         spec.build(tmp, seed)
         atomic_write_json(tmp / MARKER, wanted)
-        if final.exists():
-            old = _fresh_dir(out, f".{name}.old-")
-            final.rename(old / name)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return BuildResult(name, final, True, time.perf_counter() - start)
 
 

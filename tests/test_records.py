@@ -212,3 +212,21 @@ def test_folder_output_and_repeats(tmp_path):
 def test_unknown_reason_is_a_bug(tmp_path):
     with pytest.raises(ValueError):
         RecordError("because", "x")
+
+
+def test_atomic_dir_swaps_whole_folders(tmp_path):
+    from storyboard.records import atomic_dir
+
+    final = tmp_path / "model"
+    with atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (final / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert (final / "a.txt").read_text() == "one"
+    with atomic_dir(final) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or old folders left

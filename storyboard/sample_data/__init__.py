@@ -45,14 +45,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from ..cli import UserError, progress
-from ..records import atomic_write_json
+from ..records import atomic_dir, atomic_write_json
 from ..vocabulary import load_vocabulary
 from .bubbles import draw_bubbles
 from .crawls import Item, build_crawls
@@ -175,12 +173,6 @@ def already_generated(out: str | os.PathLike, seed: int, count: int) -> dict | N
     return truth if made == (GENERATOR_VERSION, seed, count) else None
 
 
-def _fresh_dir(parent: Path, prefix: str) -> Path:
-    path = parent / f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return path
-
-
 def generate(out: str | os.PathLike, seed: int = 0, count: int = 60, force: bool = False) -> dict:
     """Write the sample set into ``out`` and return its ground truth (see the module docstring).
 
@@ -198,18 +190,7 @@ def generate(out: str | os.PathLike, seed: int = 0, count: int = 60, force: bool
     if out.exists() and any(out.iterdir()) and _read_truth(out) is None:
         raise UserError(f"{out} is not empty and holds no sample set; choose a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_dir(out.parent, f".{out.name}.tmp-")
-    try:
+    with atomic_dir(out) as tmp:
         truth = _build(tmp, seed, count)
         atomic_write_json(tmp / TRUTH_FILE, truth)
-        if out.exists():
-            old = _fresh_dir(out.parent, f".{out.name}.old-")
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return truth

@@ -16,16 +16,15 @@ saving leaves the previous checkpoints untouched and never a half one that ``lat
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from ..cli import UserError
+from ..records import atomic_dir
 
 if TYPE_CHECKING:
     import torch
@@ -133,8 +132,7 @@ def save_checkpoint(output_dir: Path, step: int, trainable: Mapping[str, "torch.
 
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f".checkpoint-{step}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    try:
+    with atomic_dir(final) as tmp:
         state_dir = tmp / STATE_DIR
         state_dir.mkdir(parents=True)
         tensors = {name: t.detach().float().cpu().contiguous() for name, t in trainable.items()}
@@ -143,16 +141,6 @@ def save_checkpoint(output_dir: Path, step: int, trainable: Mapping[str, "torch.
         (state_dir / "state.json").write_text(json.dumps(dict(state), indent=2, default=str) + "\n", encoding="utf-8")
         if export is not None:
             export(tmp)
-        if final.exists():
-            old = output_dir / f".checkpoint-{step}.old-{uuid.uuid4().hex[:6]}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     if total_limit:
         for _, path in list_checkpoints(output_dir)[:-total_limit]:
             shutil.rmtree(path, ignore_errors=True)
