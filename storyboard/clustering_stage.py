@@ -44,7 +44,7 @@ from .cluster import (DEFAULT_NAMING, BalancePlan, ClusterName, balance, choose_
 from .embed import (EmbeddingCache, Processes, current_processes, hash_files, iter_embeddings, load_clip,
                     parse_shard, shard_indices)
 from .records import (JsonlItem, RecordError, StageRecords, atomic_write, atomic_write_bytes, atomic_write_json,
-                      check_fields, dumps_record, read_jsonl, resolve_under)
+                      check_fields, dumps_record, harmonize_field_types, read_jsonl, resolve_under)
 from .shots import ClipZeroShotJudge, Measurement, OpenCVShotEstimator, ShotEvaluation, evaluate
 from .vocabulary import Vocabulary, load_vocabulary
 
@@ -584,6 +584,7 @@ def cluster_all(s: ClusteringSettings, vocab: Vocabulary) -> ClusteringResult:
 
         # 7. write, in input order, each record followed by its repeats
         kept = sorted(labelled[j] for j in plan.keep)
+        outputs = []
         for i in kept:
             row = rows[i]
             c = int(clustering.labels[i])
@@ -610,8 +611,13 @@ def cluster_all(s: ClusteringSettings, vocab: Vocabulary) -> ClusteringResult:
             out["trigger_token"] = term.token
             out["image_sha256"] = row.key
             out["balance_copy"] = 0
+            outputs.append((out, repeats_of.get(i, [])))
+        # One type per field, so datasets' imagefolder loader reads the final set too.
+        stage.extra["fields made text (mixed types)"] = ", ".join(
+            harmonize_field_types([out for out, _ in outputs])) or "none"
+        for out, repeats in outputs:
             stage.accept(out)
-            for n in repeats_of.get(i, []):
+            for n in repeats:
                 stage.accept({**out, "balance_copy": n}, repeat=True)
         stage.extra["shot sizes from tags"] = sum(1 for i in kept if rows[i].tag)
         stage.extra["shot sizes inferred"] = sum(1 for i in kept if not rows[i].tag)

@@ -173,6 +173,26 @@ def check_fields(record: Mapping[str, Any], required: Iterable[str] = (), option
             raise RecordError("wrong_type", f"field {name!r} should be {wanted}, got {type(value).__name__}")
 
 
+def harmonize_field_types(records: list[dict]) -> list[str]:
+    """Give each field one JSON type across ``records`` (nulls aside), as columnar readers such as
+    ``datasets``' imagefolder need: a field seen with several types (two crawls spelling ``scene`` as
+    ``"S#12"`` and ``12``) becomes text everywhere (JSON text for lists and objects). Whole numbers
+    mixed with floats are left alone. Changes the records in place; returns the fields it changed."""
+    kinds: dict[str, set[str]] = {}
+    for record in records:
+        for name, value in record.items():
+            if value is not None:
+                kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+                kinds.setdefault(name, set()).add(kind)
+    mixed = sorted(name for name, seen in kinds.items() if len(seen) > 1)
+    for record in records:
+        for name in mixed:
+            value = record.get(name)
+            if value is not None and not isinstance(value, str):
+                record[name] = json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else str(value)
+    return mixed
+
+
 # --------------------------------------------------------------------------------------------
 # Paths
 # --------------------------------------------------------------------------------------------

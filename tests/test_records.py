@@ -230,3 +230,14 @@ def test_atomic_dir_swaps_whole_folders(tmp_path):
         (tmp / "b.txt").write_text("two")
     assert sorted(p.name for p in final.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or old folders left
+
+
+def test_harmonize_field_types_for_columnar_readers():
+    from storyboard.records import harmonize_field_types
+
+    records = [{"scene": "S#12", "n": 1, "tags": ["a"]}, {"scene": 12, "n": 2.5, "tags": None},
+               {"scene": None, "n": 3, "meta": {"k": 1}}, {"meta": "x"}]
+    assert harmonize_field_types(records) == ["meta", "scene"]
+    assert [r.get("scene") for r in records] == ["S#12", "12", None, None]
+    assert [r.get("n") for r in records] == [1, 2.5, 3, None]  # ints and floats are one type
+    assert records[2]["meta"] == '{"k": 1}' and records[3]["meta"] == "x"
