@@ -86,7 +86,7 @@ def load_checkpoint(path: Path) -> tuple[Checkpoint, dict[str, "torch.Tensor"], 
     try:
         state = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
         tensors = load_file(str(state_dir / "trainable.safetensors"))
-        blob = torch.load(state_dir / "optimizer.pt", map_location="cpu", weights_only=False)
+        blob = torch.load(state_dir / "optimizer.pt", map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"checkpoint {path} cannot be read ({exc}); resume from another one") from None
     return Checkpoint(path, int(state["global_step"]), state), tensors, blob
@@ -106,7 +106,11 @@ def rng_states() -> dict:
     import numpy as np
     import torch
 
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # Only tensors and plain values, so the blob loads with torch.load(weights_only=True).
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                      int(has_gauss), float(cached)],
+              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -117,7 +121,8 @@ def restore_rng_states(states: Mapping) -> None:
     import torch
 
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
