@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from .cli import UserError
+from .records import read_json_object
 from .vocabulary import Term, Vocabulary
 
 NAMING_PATHS = ("manual", "labels", "zero-shot", "estimator")
@@ -225,14 +226,7 @@ def majority(labels: Sequence[str | None]) -> PathAnswer:
 def load_manual_labels(path: Path, vocabulary: Vocabulary, k: int, current_id: str) -> dict[int, str]:
     """A person's cluster -> shot size file: ``{"clusters": {"0": "full", "3": "클로즈업", ...}}`` (any
     spelling the vocabulary knows), optionally with the ``clustering_id`` it was written for."""
-    if not path.is_file():
-        raise UserError(f"cluster labels file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except ValueError as exc:
-        raise UserError(f"cluster labels file {path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"cluster labels file {path} must hold a JSON object")
+    data = read_json_object(path, "cluster labels file")
     written_for = data.get("clustering_id")
     if written_for and written_for != current_id:
         raise UserError(f"cluster labels file {path} was written for clustering {written_for}, but this run's "

@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .cli import UserError, progress
-from .records import RecordError, StageRecords, atomic_write_bytes, atomic_write_json, read_jsonl, resolve_under
+from .records import (RecordError, StageRecords, atomic_write_bytes, atomic_write_json, read_json_object_or_none,
+                      read_jsonl, resolve_under)
 
 # Bump when this stage's output for the same input and settings changes (resume keys include it).
 STAGE_VERSION = 1
@@ -141,11 +142,7 @@ def _state_path(out: Path, name: str) -> Path:
 
 
 def read_state(out: Path, name: str) -> dict | None:
-    try:
-        value = json.loads(_state_path(out, name).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    return read_json_object_or_none(_state_path(out, name))
 
 
 def _finished(state: dict | None, out: Path, sha: str, key: str) -> bool:

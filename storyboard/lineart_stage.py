@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
 from dataclasses import asdict, dataclass
@@ -16,8 +15,8 @@ import numpy as np
 from .cli import UserError, progress
 from .lineart import (MODEL_BACKENDS, OUT_DIR, LineartSettings, ModelBackend, _cpu_lines, check_settings,
                       record_seed)
-from .records import (RecordError, StageRecords, atomic_write_bytes, atomic_write_json, check_fields, read_jsonl,
-                      resolve_under)
+from .records import (RecordError, StageRecords, atomic_write_bytes, atomic_write_json, check_fields,
+                      read_json_object_or_none, read_jsonl, resolve_under)
 from .imageio import read_image_bytes
 
 STATE_DIR = ".state"
@@ -46,11 +45,7 @@ def _state_file(out: Path, name: str) -> Path:
 
 
 def _read_state(out: Path, name: str) -> dict | None:
-    try:
-        value = json.loads(_state_file(out, name).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    return read_json_object_or_none(_state_file(out, name))
 
 
 def _plan(items, data_dir: Path, out: Path, s: LineartSettings) -> list[_Item]:

@@ -156,6 +156,33 @@ def load_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """A JSON object a user hands us (a config, a labels file); any problem is one ``UserError`` line
+    naming ``what`` and the path."""
+    from .cli import UserError
+
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{what} {path} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{what} {path} must hold a JSON object")
+    return value
+
+
+def read_json_object_or_none(path: str | os.PathLike) -> dict | None:
+    """A JSON object we wrote ourselves (a marker, a resume state), or None when it is absent or
+    unreadable: the caller then redoes the work rather than trusting it."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def check_fields(record: Mapping[str, Any], required: Iterable[str] = (), optional: Iterable[str] = ()) -> None:
     """Raise ``RecordError`` when a required field is absent/empty or any named field has the wrong type."""
     for name in required:

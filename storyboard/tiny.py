@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import shutil
 import tempfile
 import time
@@ -58,7 +57,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .cli import UserError, run_main
-from .records import atomic_dir, atomic_write, atomic_write_json
+from .records import atomic_dir, atomic_write, atomic_write_json, read_json_object_or_none
 
 MARKER = ".tiny_done"
 DEFAULT_SEED = 0
@@ -286,11 +285,7 @@ class BuildResult:
 
 def read_marker(folder: Path) -> dict | None:
     """The marker of a finished build, or None when ``folder`` holds none (or an unreadable one)."""
-    try:
-        value = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    return read_json_object_or_none(folder / MARKER)
 
 
 def _build_one(out: Path, name: str, seed: int, force: bool) -> BuildResult:

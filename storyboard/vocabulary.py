@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .cli import UserError
+from .records import read_json_object
 
 # JSON section -> the record field it fills.
 KINDS: dict[str, str] = {"shot_sizes": "shot_size", "angles": "angle", "locations": "location"}
@@ -245,14 +246,7 @@ def _load_cached(path: str | None) -> Vocabulary:
     table = builtin_table()
     if path is None:
         return Vocabulary(table)
-    try:
-        user = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise UserError(f"vocabulary file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"vocabulary file {path} is not valid JSON: {exc}") from None
-    if not isinstance(user, dict):
-        raise UserError(f"vocabulary file {path} must hold a JSON object")
+    user = read_json_object(path, "vocabulary file")
     return Vocabulary({s: user.get(s, []) for s in KINDS} if user.get("replace") else _merge(table, user))
 
 

@@ -43,14 +43,13 @@ Ground truth (``ground_truth.json``)::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..cli import UserError, progress
-from ..records import atomic_dir, atomic_write_json
+from ..records import atomic_dir, atomic_write_json, read_json_object_or_none
 from ..vocabulary import load_vocabulary
 from .bubbles import draw_bubbles
 from .crawls import Item, build_crawls
@@ -159,11 +158,8 @@ def _build(folder: Path, seed: int, count: int) -> dict:
 
 
 def _read_truth(out: Path) -> dict | None:
-    try:
-        truth = json.loads((out / TRUTH_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return truth if isinstance(truth, dict) and truth.get("generator") == GENERATOR else None
+    truth = read_json_object_or_none(out / TRUTH_FILE)
+    return truth if truth is not None and truth.get("generator") == GENERATOR else None
 
 
 def already_generated(out: str | os.PathLike, seed: int, count: int) -> dict | None:
