@@ -13,6 +13,14 @@ Matching rules (so the table lists each spelling once):
   between words (close-up = close up = closeup = CLOSE_UP);
 * abbreviations (CU, MS, INT, ...) match in capitals only, as whole words, with an optional dot;
 * in free text the longest spelling wins (미디엄 클로즈업 is a medium close-up, not a close-up).
+
+Speed: the one big alternation (about 200 spellings) costs ~13 µs per character when tried at
+every position, so ``_Matcher`` only tries it where a spelling can start. Every spelling's pattern
+begins with one consuming character (its "first": a Korean syllable, a case-insensitive English
+letter, a capital, ``<``), so a position whose character matches no first cannot start a match, and
+at a position that does, only the spellings whose first matches can, in their original order: the
+same first-wins result as the full alternation. Both tests are done by the regex engine itself
+(same flags as the spelling), so case-folding oddities (``İ`` matches ``(?i:i)``) stay the same.
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .cli import UserError
 from .records import read_json_object
@@ -68,22 +76,98 @@ def normalize_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _korean_pattern(spelling: str) -> str:
+# A spelling's pattern and its "first": (characters, ignore case) that the first character of any
+# match is one of, read by the same engine with the same flags; None when a match may be empty or
+# start elsewhere (then the vocabulary falls back to the full scan, see ``_Matcher``).
+First = tuple[str, bool] | None
+
+
+def _korean_pattern(spelling: str) -> tuple[str, First]:
     chars = spelling.replace(" ", "")
     for suffix in _SHOT_SUFFIXES:  # treat every shot suffix as one symbol
         chars = chars.replace(suffix, "\0")
     parts = [r"(?:샷|숏|쇼\s*트)" if c == "\0" else re.escape(c) for c in chars]
-    return r"\s*".join(parts)
+    first = ("샷숏쇼" if chars[0] == "\0" else chars[0], False) if chars else None
+    return r"\s*".join(parts), first
 
 
-def _english_pattern(spelling: str) -> str:
+def _english_pattern(spelling: str) -> tuple[str, First]:
     words = [w for w in re.split(r"[\s\-_]+", spelling.lower()) if w]
     parts = [re.escape(w).replace("'", "'?") for w in words]
-    return r"(?i:(?<![a-z0-9])" + r"[\s\-_]*".join(parts) + r"(?![a-z0-9]))"
+    # A leading apostrophe is optional, so such a match starts at the letter after it: no single first.
+    first = (words[0][0], True) if words and words[0][0] != "'" else None
+    return r"(?i:(?<![a-z0-9])" + r"[\s\-_]*".join(parts) + r"(?![a-z0-9]))", first
 
 
-def _abbrev_pattern(spelling: str) -> str:
-    return r"(?<![A-Za-z0-9])" + re.escape(spelling) + r"\.?(?![A-Za-z0-9])"
+def _abbrev_pattern(spelling: str) -> tuple[str, First]:
+    first = (spelling[0], False) if spelling else None
+    return r"(?<![A-Za-z0-9])" + re.escape(spelling) + r"\.?(?![A-Za-z0-9])", first
+
+
+def _first_regex(chars: str, ignore_case: bool) -> str:
+    """One character out of ``chars``; the sre parser turns the branches into a set either way."""
+    body = "|".join(re.escape(c) for c in sorted(set(chars))) or r"(?!x)x"
+    return f"(?i:{body})" if ignore_case else f"(?:{body})"
+
+
+class _Matcher:
+    """One kind's spellings: the full alternation (``pattern``, the definition of a match) and the
+    first-character dispatch that ``finditer`` / ``fullmatch`` use to give its results faster."""
+
+    def __init__(self, alternatives: list[tuple[str, First, Term]]):
+        self.groups = {f"t{i}": term for i, (_, _, term) in enumerate(alternatives)}
+        self._named = [f"(?P<t{i}>{pattern})" for i, (pattern, _, _) in enumerate(alternatives)]
+        self.pattern = re.compile("|".join(self._named) or r"(?!x)x")
+        firsts = [first for _, first, _ in alternatives]
+        self._finder = None  # None: some spelling has no first, so every position is a candidate
+        self._firsts: dict[str, tuple[re.Pattern, list[int]]] = {}  # first regex -> (compiled, spellings)
+        if all(firsts):
+            for i, (chars, ignore_case) in enumerate(firsts):
+                regex = _first_regex(chars, ignore_case)
+                self._firsts.setdefault(regex, (re.compile(regex), []))[1].append(i)
+            plain = "".join(chars for chars, ignore_case in firsts if not ignore_case)
+            folded = "".join(chars for chars, ignore_case in firsts if ignore_case)
+            self._finder = re.compile(f"{_first_regex(plain, False)}|{_first_regex(folded, True)}")
+        # Filled lazily: only characters the finder can return ever get here, so both stay small.
+        self._by_char: dict[str, re.Pattern] = {}
+        self._by_spellings: dict[tuple[int, ...], re.Pattern] = {}
+
+    def _starting_with(self, char: str) -> re.Pattern:
+        """The alternation of the spellings whose first matches ``char``, in their original order."""
+        sub = self._by_char.get(char)
+        if sub is None:
+            chosen = tuple(sorted(i for regex, spellings in self._firsts.values() if regex.fullmatch(char)
+                                  for i in spellings))
+            sub = self._by_spellings.get(chosen)
+            if sub is None:
+                sub = re.compile("|".join(self._named[i] for i in chosen) or r"(?!x)x")
+                self._by_spellings[chosen] = sub
+            self._by_char[char] = sub
+        return sub
+
+    def finditer(self, text: str) -> Iterator[re.Match]:
+        """The matches of ``pattern.finditer(text)``, trying the alternation only where one can start.
+        No spelling matches empty here (each consumes its first), so a match always moves on."""
+        if self._finder is None:
+            yield from self.pattern.finditer(text)
+            return
+        search, pos = self._finder.search, 0
+        while (hit := search(text, pos)) is not None:
+            start = hit.start()
+            # match(text, start) still sees text before start, so the look-behinds behave as in finditer.
+            match = self._starting_with(text[start]).match(text, start)
+            if match is None:
+                pos = start + 1
+            else:
+                yield match
+                pos = match.end()
+
+    def fullmatch(self, text: str) -> re.Match | None:
+        if self._finder is None:
+            return self.pattern.fullmatch(text)
+        if not text or not self._finder.match(text):
+            return None
+        return self._starting_with(text[0]).fullmatch(text)
 
 
 @dataclass
@@ -137,16 +221,17 @@ class Vocabulary:
         for term in self.terms:
             if (kind is None or term.kind == kind) and norm in (term.key, term.token):
                 return term
-        pattern, groups = self._matchers[kind]
-        match = pattern.fullmatch(norm)
-        return groups[match.lastgroup] if match else None
+        matcher = self._matchers[kind]
+        match = matcher.fullmatch(norm)
+        return matcher.groups[match.lastgroup] if match else None
 
     def find(self, text: str, kind: str | None = None) -> list[TermMatch]:
         """Every vocabulary term in free text, left to right, longest spelling first, no overlaps.
         Offsets refer to ``normalize_text(text)``."""
         norm = normalize_text(text)
-        pattern, groups = self._matchers[kind]
-        return [TermMatch(groups[m.lastgroup], m.start(), m.end(), m.group()) for m in pattern.finditer(norm)]
+        matcher = self._matchers[kind]
+        groups = matcher.groups
+        return [TermMatch(groups[m.lastgroup], m.start(), m.end(), m.group()) for m in matcher.finditer(norm)]
 
     def shot_for_token(self, token: str) -> Term | None:
         return self._by_token.get(token)
@@ -183,36 +268,37 @@ def _parse_terms(data: dict) -> Iterable[Term]:
             yield term
 
 
-def _spellings(term: Term) -> Iterable[tuple[str, str]]:
-    """(pattern, canonical spelling) for every way a term may be written."""
+def _spellings(term: Term) -> Iterable[tuple[str, First, str]]:
+    """(pattern, first, canonical spelling) for every way a term may be written."""
     for s in (term.name, *term.en):
-        yield _english_pattern(normalize_text(s)), normalize_text(s).lower()
+        yield *_english_pattern(normalize_text(s)), normalize_text(s).lower()
     for s in term.ko:
         s = normalize_text(s)
-        yield (_korean_pattern(s), s.replace(" ", "")) if _HANGUL.search(s) else (_english_pattern(s), s.lower())
+        if _HANGUL.search(s):
+            yield *_korean_pattern(s), s.replace(" ", "")
+        else:
+            yield *_english_pattern(s), s.lower()
     for s in term.abbrev:
-        yield _abbrev_pattern(normalize_text(s)), s
+        yield *_abbrev_pattern(normalize_text(s)), s
     if term.token:
-        yield re.escape(term.token), term.token
+        yield re.escape(term.token), (term.token[0], False), term.token
 
 
-def _compile(terms: tuple[Term, ...], kind: str | None):
+def _compile(terms: tuple[Term, ...], kind: str | None) -> _Matcher:
     """One alternation over all spellings, longest first, each in a named group naming its term."""
     owners: dict[tuple[str, str], Term] = {}
     alternatives = []
     for term in terms:
         if kind is not None and term.kind != kind:
             continue
-        for pattern, canonical in _spellings(term):
+        for pattern, first, canonical in _spellings(term):
             owner = owners.setdefault((term.kind if kind else "*", canonical), term)
             if owner is not term:
                 raise UserError(
                     f"vocabulary: {canonical!r} names both {owner.kind} {owner.key!r} and {term.kind} {term.key!r}")
-            alternatives.append((len(canonical), pattern, term))
+            alternatives.append((len(canonical), pattern, first, term))
     alternatives.sort(key=lambda a: -a[0])
-    groups = {f"t{i}": term for i, (_, _, term) in enumerate(alternatives)}
-    body = "|".join(f"(?P<t{i}>{pattern})" for i, (_, pattern, _) in enumerate(alternatives))
-    return re.compile(body or r"(?!x)x"), groups
+    return _Matcher([(pattern, first, term) for _, pattern, first, term in alternatives])
 
 
 def _merge(base: dict, extra: dict) -> dict:

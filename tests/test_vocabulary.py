@@ -1,10 +1,12 @@
 """Shot vocabulary: every Korean variant, English spellings, abbreviations, tokens, user extension."""
 import json
+import random
+import re
 
 import pytest
 
 from storyboard.cli import UserError
-from storyboard.vocabulary import builtin_table, load_vocabulary, normalize_text
+from storyboard.vocabulary import KINDS, TermMatch, builtin_table, load_vocabulary, normalize_text
 
 VOCAB = load_vocabulary()
 
@@ -146,3 +148,151 @@ def test_missing_user_file(tmp_path):
 def test_builtin_table_is_the_one_source():
     table = builtin_table()
     assert [e["key"] for e in table["shot_sizes"]] == [t.key for t in VOCAB.shot_sizes]
+
+
+# -- the first-character dispatch of Vocabulary.find / lookup against the plain full-regex scan -----------
+
+def reference_find(vocab, text, kind=None):
+    """The scan before the dispatch: the one big alternation tried at every position (``finditer``)."""
+    matcher = vocab._matchers[kind]
+    return [TermMatch(matcher.groups[m.lastgroup], m.start(), m.end(), m.group())
+            for m in matcher.pattern.finditer(normalize_text(text))]
+
+
+def reference_lookup(vocab, text, kind=None):
+    """``lookup`` before the dispatch: keys and tokens, else a full match of the big alternation."""
+    norm = normalize_text(text)
+    for term in vocab.terms:
+        if (kind is None or term.kind == kind) and norm in (term.key, term.token):
+            return term
+    matcher = vocab._matchers[kind]
+    match = matcher.pattern.fullmatch(norm)
+    return matcher.groups[match.lastgroup] if match else None
+
+
+# Characters the regex engine folds onto ASCII letters (İ and ı match (?i:i)) or that NFKC maps to them.
+ODD_CASE = {"i": ["İ", "ı"], "k": ["\u212a"], "s": ["\u017f"], "f": ["Ｆ"], "c": ["ｃ"]}
+KOREAN_FILLER = ["남자가", "가족이", "사람", "아이가", "수", "기", "내", "하는", "전", "부", "정", "상", "로", "원",
+                 "으로", "에서", "바다", "미소", "풀밭", "샷", "숏", "쇼", "트", "클", "근", "실", "야", "옥", "니"]
+ENGLISH_FILLER = ["the", "man", "closet", "mid", "medium", "wide", "ms", "fs", "cu", "Int", "ext", "high", "low",
+                  "eye", "bird", "birds", "worm", "over", "top", "Dutch", "indoorsy", "exteriors", "shot", "up"]
+PUNCT = ["", " ", "  ", ", ", ".", "-", "_", "#", "[", "]", "(", ")", "!!", "\u3000", "\t", "/", "'", "’", "0", "7"]
+
+
+def _variants(vocab, rng):
+    """Every spelling of every term, with spacing / suffix / case variants and near-misses."""
+    for term in vocab.terms:
+        for ko in term.ko:
+            yield ko
+            yield " ".join(ko.replace(" ", ""))
+            for a, b in (("샷", "숏"), ("샷", "쇼트"), ("숏", "쇼 트"), ("숏", "샷")):
+                yield ko.replace(a, b)
+            yield ko + "으로"
+            yield "대" + ko
+            yield ko[:-1]
+        for en in (term.name, *term.en):
+            words = en.replace("-", " ").split()
+            for sep in (" ", "-", "_", "", "  ", "- "):
+                yield sep.join(words)
+            yield en.upper()
+            yield en.title()
+            yield "".join(c.upper() if rng.random() < 0.5 else c for c in en)
+            yield en.replace("'", "’")
+            yield en.replace("'", "")
+            yield "x" + en
+            yield en + "s"
+            yield en + "9"
+            yield en[:-1]
+            first = en[0].lower()
+            for odd in ODD_CASE.get(first, []):
+                yield odd + en[1:]
+        for ab in term.abbrev:
+            yield from (ab, ab + ".", ab.lower(), ab.capitalize(), "x" + ab, ab + "s", ab + "2",
+                        "".join(f"{c}." for c in ab))
+        if term.token:
+            yield from (term.token, term.token.upper(), term.token[1:], "<" + term.token)
+
+
+def generated_texts(vocab, count, seed):
+    rng = random.Random(seed)
+    pieces = list(_variants(vocab, rng)) + KOREAN_FILLER + ENGLISH_FILLER
+    for _ in range(count):
+        parts = []
+        for _ in range(rng.randint(0, 8)):
+            parts.append(rng.choice(pieces))
+            parts.append(rng.choice(PUNCT))
+        yield "".join(parts)
+
+
+def assert_same_as_full_scan(vocab, texts, kinds):
+    for kind in kinds:
+        matcher = vocab._matchers[kind]
+        first_of = {f"t{i}": regex for regex, spellings in matcher._firsts.values() for i in spellings}
+        for text in texts:
+            norm = normalize_text(text)
+            expected = list(matcher.pattern.finditer(norm))
+            # The same spelling (named group) at the same span, not only the same term.
+            assert [(m.lastgroup, m.span()) for m in matcher.finditer(norm)] == \
+                [(m.lastgroup, m.span()) for m in expected], (text, kind)
+            assert vocab.find(text, kind) == reference_find(vocab, text, kind), (text, kind)
+            assert vocab.lookup(text, kind) == reference_lookup(vocab, text, kind), (text, kind)
+            if matcher._finder is not None:  # each match starts with a character its spelling's first claims
+                for m in expected:
+                    assert first_of[m.lastgroup].fullmatch(m.group()[0]), (text, m)
+
+
+def test_find_matches_full_scan_on_generated_text():
+    texts = list(generated_texts(VOCAB, 2500, seed=1))
+    assert sum(bool(reference_find(VOCAB, t)) for t in texts) > 2000  # the texts do hold terms
+    assert_same_as_full_scan(VOCAB, texts, [None])
+    assert_same_as_full_scan(VOCAB, texts[:400], list(KINDS.values()))
+
+
+def test_find_matches_full_scan_on_every_single_variant():
+    rng = random.Random(2)
+    pieces = list(_variants(VOCAB, rng))
+    assert_same_as_full_scan(VOCAB, pieces + [f"[{p}]" for p in pieces] + [f"{p} {p}" for p in pieces], [None])
+
+
+def _user_vocabulary(tmp_path, extra):
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(extra, ensure_ascii=False), encoding="utf-8")
+    return load_vocabulary(path)
+
+
+USER_TERMS = {"shot_sizes": [
+    {"key": "full", "ko": ["온몸샷", "샷건 풀"], "en": ["2-shot wide", "insert shot"], "abbrev": ["FS2"]},
+    {"key": "over_shoulder", "name": "over-the-shoulder shot", "token": "<ots_trg>", "initializer": "over shoulder",
+     "ko": ["오버숄더", "OTS샷", "숄더 숏"], "en": ["ots", "İnsert close"], "abbrev": ["OTS", "O/S"]},
+], "locations": [
+    {"key": "studio", "ko": ["스튜디오", "세트장"], "en": ["studio", "sound stage"], "abbrev": ["STU"]},
+]}
+
+
+def test_find_matches_full_scan_on_user_vocabulary(tmp_path):
+    vocab = _user_vocabulary(tmp_path, USER_TERMS)
+    assert vocab._matchers[None]._finder is not None  # the dispatch is in use
+    texts = list(generated_texts(vocab, 1500, seed=3))
+    assert_same_as_full_scan(vocab, texts, [None])
+    assert_same_as_full_scan(vocab, texts[:300], list(KINDS.values()))
+    assert [m.term.key for m in vocab.find("샷 건 풀, İNSERT SHOT, O/S.")] == ["full", "full", "over_shoulder"]
+
+
+def test_spelling_without_a_first_character_falls_back_to_the_full_scan(tmp_path):
+    """A leading apostrophe is optional, so such a spelling has no single first character."""
+    vocab = _user_vocabulary(tmp_path, {"angles": [{"key": "tilt", "en": ["'til shot", "tilt"], "ko": ["틸트"]}]})
+    assert vocab._matchers[None]._finder is None and vocab._matchers["shot_size"]._finder is not None
+    assert [m.text for m in vocab.find("til shot, 'til shot")] == ["til shot", "'til shot"]
+    assert_same_as_full_scan(vocab, list(generated_texts(vocab, 300, seed=4)), [None, "shot_size"])
+
+
+@pytest.mark.parametrize("user", [False, True])
+def test_finder_is_exactly_the_union_of_first_characters(tmp_path, user):
+    """Over every code point: the merged finder finds the characters some spelling's own first matches."""
+    vocab = _user_vocabulary(tmp_path, USER_TERMS) if user else VOCAB
+    everything = "".join(map(chr, range(0x110000)))
+    for kind in (None, *KINDS.values()):
+        matcher = vocab._matchers[kind]
+        union = "|".join(regex for regex in matcher._firsts)
+        assert set(matcher._finder.findall(everything)) == set(re.findall(union, everything)), kind
+    assert {"İ", "ı", "I", "i"} <= set(vocab._matchers[None]._finder.findall(everything))
