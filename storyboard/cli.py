@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
@@ -63,16 +64,23 @@ def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# A cell that reads as a figure: 12, -0.5, 1,234, 97%, 1.5x, 3.2 GiB, 40 s, "-" (no value).
+_NUMBER_CELL = re.compile(r"^(-|[-+]?[\d.,]+(e[-+]?\d+)?\s*(%|x|×|s|ms|[KMG]i?B|/s)?)$", re.IGNORECASE)
+
+
 def format_table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
-    """A plain fixed-width table; the first column left-aligned, the rest right-aligned."""
+    """A plain fixed-width table: columns of numbers right-aligned, any other column (and the first)
+    left-aligned, so a key/value table with long text values stays readable."""
     all_rows = [list(map(str, header))] if header else []
     all_rows += [list(map(str, row)) for row in rows]
     if not all_rows:
         return ""
     widths = [max(len(row[i]) for row in all_rows if i < len(row)) for i in range(len(all_rows[0]))]
+    body = all_rows[1:] if header else all_rows
+    numeric = [i > 0 and all(_NUMBER_CELL.match(row[i]) for row in body if i < len(row)) for i in range(len(widths))]
     lines = []
     for n, row in enumerate(all_rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)]
         lines.append("  ".join(cells).rstrip())
         if header and n == 0:
             lines.append("  ".join("-" * w for w in widths))

@@ -50,7 +50,7 @@ _TAG_SPLIT = re.compile(r"[,，、;；|/／\n]+|\s+(?=#)")
 
 
 # --------------------------------------------------------------------------------------------
-# Memo: tags and captions repeat a lot, and a vocabulary scan costs ~0.1 ms per string
+# Memo: tags and captions repeat a lot; a memo hit (~1 µs) still beats a vocabulary scan (~5 µs)
 # --------------------------------------------------------------------------------------------
 class Memo:
     """A bounded ``text -> result`` memo per vocabulary (cleared when full, so memory stays flat)."""

@@ -51,7 +51,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
 WORK=/tmp/storyboard_gpu
 step bench_train "$T_TRAIN" "$PY" bench/bench_train.py --work "$WORK/train"
 step bench_inference "$T_INFER" "$PY" bench/bench_inference.py --full --work "$WORK/infer"
-step bench_embed "$T_EMBED" bash -c "'$PY' bench/bench_embed.py --device cuda --images $EMBED_IMAGES --batch-size 256 --format png --repeats 1 \
+step bench_embed "$T_EMBED" bash -c "'$PY' bench/bench_embed.py --device cuda --images $EMBED_IMAGES --batch-size 256 --format png --repeats 1 --checkpoint openai \
   --out bench/results/bench_embed_gpu_png.json && '$PY' bench/bench_embed.py --device cuda --images $EMBED_IMAGES \
   --batch-size 256 --format jpg --repeats 1 --out bench/results/bench_embed_gpu_jpg.json"
 step smoke_fp16 "$T_SMOKE" bash -c "'$PY' bench/bench_train.py --tiny --precision fp16 && '$PY' bench/bench_inference.py --tiny --dtype fp16"
