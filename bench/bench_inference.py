@@ -4,12 +4,15 @@ with the same LoRA loaded unfused, on the full-size Stable Diffusion 1.5 archite
     python bench/bench_inference.py                       # CPU: 512 px, 2 steps, 1 image (slow: minutes)
     python bench/bench_inference.py --full                # GPU: 512 px, 30 steps, 8 images, fp16
     python bench/bench_inference.py --full --compile      # + torch.compile on our side
+    python bench/bench_inference.py --tiny [--dtype bf16]  # smoke run (seconds, any machine): storyboard.tiny's
+                                                          #   toy model, 64 px; proves the bench runs, measures nothing
 
 Speed does not depend on the weights, so nothing is downloaded: the UNet, VAE and text encoder are built
 from SD1.5's own configs (written below) with random weights, the tokenizer is the real CLIP BPE
 (built offline, as ``storyboard.tiny`` does), and everything is saved as a diffusers folder (fp16
 safetensors, ~2 GB, in a temp folder). A trigger checkpoint for it (LoRA rank 16 on the UNet attention
-and the text encoder, two trigger tokens, the trainer's manifest) is written beside it.
+and the text encoder, two trigger tokens, the trainer's manifest) is written beside it. ``--tiny`` uses
+``storyboard.tiny``'s toy model instead (saved the same way) at 64 px, 2 images in one batch.
 
 Both sides load from those folders, in the same run, one after the other:
 
@@ -21,7 +24,8 @@ Both sides load from those folders, in the same run, one after the other:
 Each side first runs one warm-up call (not timed), then ``--images`` images (``--batch-size`` per call)
 with the same prompt containing a trigger and the same seeds. Prints one table (images/s, seconds per
 image, speed-up; on CPU also the process's CPU seconds per image, steadier than wall time on a shared
-machine) and writes it as JSON under ``bench/results/``.
+machine) and writes it as JSON under ``--results`` (default ``bench/results/``). "ours" is timed as
+``inference_trigger.py`` runs it, PNG encoding and metadata included; "plain" only makes the images.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ from storyboard.cli import format_table  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 PROMPT = "<fs_trg>, full shot, eye level, outdoor, a man in a grey coat"
 
-from sd15_random import SD15_TEXT, build_random_sd15  # noqa: E402  (SD1.5 configs, random weights)
+from sd15_random import build_random_sd15, build_tiny_sd  # noqa: E402  (SD1.5 configs, random weights)
 TOKENS = [("<fs_trg>", "full shot"), ("<ms_trg>", "medium shot")]
 LORA_RANK = 16
 
@@ -80,7 +84,7 @@ def build_checkpoint(base: Path, out: Path, seed: int) -> Path:
     (out / "embeddings").mkdir(parents=True, exist_ok=True)
     tokens = []
     for n, (token, init) in enumerate(TOKENS):
-        save_file({"emb_params": torch.randn(1, SD15_TEXT["hidden_size"]) * 0.01},
+        save_file({"emb_params": torch.randn(1, text_encoder.config.hidden_size) * 0.01},
                   str(out / "embeddings" / f"{token.strip('<>')}.safetensors"))
         tokens.append({"token": token, "token_id": len(tokenizer) + n, "initializer": init,
                        "embedding_file": f"embeddings/{token.strip('<>')}.safetensors"})
@@ -118,25 +122,58 @@ def timed(call_pipe, images: int, batch: int, sync) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu_started
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--full", action="store_true", help="the GPU setting: 30 steps, 8 images, batch 4, fp16")
+    parser.add_argument("--tiny", action="store_true",
+                        help="smoke run: storyboard.tiny's toy model, 64 px, 2 steps, 2 images in one batch")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 2; 30 with --full)")
     parser.add_argument("--images", type=int, default=None, help="timed images per side (default 1; 8 with --full)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per call (default 1; 4 with --full)")
-    parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default 512; 64 with --tiny)")
     parser.add_argument("--device", default="auto", help="auto, cuda or cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="auto: fp16 on GPU, fp32 on CPU")
+                        help="auto: fp16 on GPU, fp32 on CPU; bf16 runs on both")
     parser.add_argument("--compile", action="store_true", help="torch.compile our UNet (GPU; warm-up pays for it)")
     parser.add_argument("--work", type=Path, default=None, help="keep the random model here (default: a temp folder)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    steps = args.steps or (30 if args.full else 2)
-    images = args.images or (8 if args.full else 1)
-    batch = args.batch_size or (4 if args.full else 1)
+    args.steps = args.steps or (30 if args.full else 2)
+    args.images = args.images or (8 if args.full else 2 if args.tiny else 1)
+    args.batch_size = args.batch_size or (4 if args.full else 2 if args.tiny else 1)
+    args.size = args.size or (64 if args.tiny else 512)
+    return args
+
+
+def prepare_models(work: Path, tiny: bool, seed: int) -> tuple[Path, Path]:
+    """The base folder and a trigger checkpoint for it under ``work``, built once (tiny and full apart)."""
+    t0 = time.perf_counter()
+    if tiny:
+        base, ckpt = build_tiny_sd(work / "tiny_sd", seed), work / "tiny_train_bench"
+    else:
+        base, ckpt = build_random_sd15(work / "model_sd", seed), work / "train_bench"
+    if not (ckpt / "trigger_manifest.json").is_file():
+        build_checkpoint(base, ckpt, seed)
+    print(f"{'tiny model' if tiny else 'random SD1.5'} + trigger checkpoint ready in "
+          f"{time.perf_counter() - t0:.0f} s under {work}", flush=True)
+    return base, ckpt
+
+
+def release(device) -> None:
+    """Drop what the side just measured held, so the next side starts with the same free memory."""
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    steps, images, batch = args.steps, args.images, args.batch_size
 
     import torch
 
@@ -144,21 +181,18 @@ def main(argv=None) -> int:
 
     device = resolve_device(args.device)
     dtype_name = args.dtype if args.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")
-    dtype = resolve_dtype(dtype_name, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    dtype = resolve_dtype(dtype_name, device)  # fp16 on the CPU: one clear line (run_main)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-inference-"))
-    base, ckpt = work / "model_sd", work / "train_bench"
-    t0 = time.perf_counter()
-    if not (base / "model_index.json").is_file():
-        build_random_sd15(base, args.seed)
-    if not (ckpt / "trigger_manifest.json").is_file():
-        build_checkpoint(base, ckpt, args.seed)
-    print(f"random SD1.5 + trigger checkpoint ready in {time.perf_counter() - t0:.0f} s under {work}", flush=True)
+    base, ckpt = prepare_models(work, args.tiny, args.seed)
 
     results = []
     settings = Settings(steps=steps, guidance=7.5, width=args.size, height=args.size)
     out_dir = work / "images"
+
+    # Library imports (seconds) before either clock starts: the side that went first used to pay them.
+    from diffusers import StableDiffusionPipeline  # noqa: F401
 
     # ours
     t0 = time.perf_counter()
@@ -175,9 +209,7 @@ def main(argv=None) -> int:
     seconds, cpu_s = timed(ours, images, batch, sync)
     results.append(("ours (fused LoRA, tokens)", load_s, seconds, cpu_s))
     held.clear()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release(device)
 
     # plain diffusers
     t0 = time.perf_counter()
@@ -204,21 +236,29 @@ def main(argv=None) -> int:
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"\nSD1.5 architecture, random weights, {args.size}x{args.size}, {steps} steps, CFG 7.5, {images} image(s), "
+    model = "storyboard.tiny toy model" if args.tiny else "SD1.5 architecture, random weights"
+    print(f"\n{model}, {args.size}x{args.size}, {steps} steps, CFG 7.5, {images} image(s), "
           f"batch {batch}, {dtype_name}, {device_name}{', torch.compile' if args.compile else ''}")
-    print(format_table(rows, header=("pipeline", "images/s", "s/image", "speed-up", "CPU s/image", "CPU speed-up",
-                                     "load s")))
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    table = format_table(rows, header=("pipeline", "images/s", "s/image", "speed-up", "CPU s/image", "CPU speed-up",
+                                       "load s"))
+    print(table)
+    args.results.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H-%M-%S")
-    (RESULTS / f"inference-{stamp}.json").write_text(json.dumps({
-        "date": stamp, "device": device_name, "dtype": dtype_name, "size": args.size, "steps": steps, "images": images,
-        "batch_size": batch, "compile": args.compile,
+    # A smoke run never overwrites real figures, and is told apart from them by its name.
+    path = args.results / f"inference-{'tiny-' if args.tiny else ''}{stamp}.json"
+    path.write_text(json.dumps({
+        "date": stamp, "device": device_name, "model": model, "tiny": args.tiny, "dtype": dtype_name,
+        "size": args.size, "steps": steps, "images": images, "batch_size": batch, "compile": args.compile,
         "results": [{"pipeline": n, "load_s": round(load, 2), "seconds": round(s, 3), "cpu_seconds": round(c, 3),
-                     "images_per_s": images / s} for n, load, s, c in results]}, indent=2) + "\n")
+                     "images_per_s": images / s} for n, load, s, c in results],
+        "table": table}, indent=2) + "\n")
+    print(f"written {path}")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from storyboard.cli import run_main
+
+    run_main(main)

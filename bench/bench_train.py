@@ -6,11 +6,16 @@ full-size Stable Diffusion 1.5 architecture with random weights, at 512 px.
     python bench/bench_train.py                 # on a GPU the same command runs the GPU set:
                                                 #   bf16, batch 1 and 4, 20 steps, ours with and
                                                 #   without gradient checkpointing
+    python bench/bench_train.py --tiny [--precision bf16]
+                                                # smoke run (seconds, any machine): storyboard.tiny's toy
+                                                #   model at 64 px, every configuration of the GPU set;
+                                                #   proves the bench runs, measures nothing
 
 Speed does not depend on the weights, so nothing is downloaded: UNet, VAE and text encoder are built
 from SD1.5's published configs (written below) with random weights, the tokenizer is the real CLIP
 BPE (built offline, as ``storyboard.tiny`` does); the folder is saved once (fp16 safetensors, ~2 GB)
 under ``--work`` and reused. The data set is 8 generated 512 px images with trigger captions.
+``--tiny`` swaps in ``storyboard.tiny``'s toy model (saved the same way) at 64 px.
 
 Both sides train the same thing: two trigger tokens, LoRA rank 4 on the UNet attention and on the
 text encoder (the seed tunes the text encoder with the tokens), AdamW, same learning rates.
@@ -18,16 +23,19 @@ text encoder (the seed tunes the text encoder with the tokens), AdamW, same lear
 * **baseline**: a plain loop with the diffusers LoRA example's defaults: frozen weights cast to the
   mixed-precision dtype, trainable ones fp32, accelerate autocast, ``torch.optim.AdamW`` (default
   implementation), the VAE encoding every batch (no latent cache), the whole token-embedding table
-  trainable with the other rows restored after each step (the textual-inversion example's way), no
+  trainable with the other rows restored after each step (the textual-inversion example's way; in
+  mixed precision the fp32 table's output goes on in the compute dtype, as the rest of the encoder), no
   gradient checkpointing, no compile, PyTorch SDPA attention (diffusers' default).
 * **ours**: ``train_trigger02.py`` itself, as users run it, with ``--cache_latents`` (and fused AdamW,
-  TF32, the small trigger-row parameter it always uses); on GPU also with ``--gradient_checkpointing``.
+  TF32, the small trigger-row parameter it always uses); on GPU (and with ``--tiny``) also with
+  ``--gradient_checkpointing``.
 
 Each configuration runs in its own child process, so its peak memory is its own: GPU
 ``torch.cuda.max_memory_allocated`` during training; on CPU the child's peak resident memory
 (``ru_maxrss``, which includes loading the model). images/s counts only steps after the first
-``--warmup`` (compilation, allocator and cache warm-up). Prints one table and writes it as JSON
-under ``bench/results/``.
+``--warmup`` (compilation, allocator and cache warm-up) for the baseline; the trainer always leaves
+out its first step (its manifest's ``images_per_s``), so keep ``--warmup 1`` for a like-for-like
+figure. Prints one table and writes it as JSON under ``--results`` (default ``bench/results/``).
 """
 from __future__ import annotations
 
@@ -50,17 +58,18 @@ from storyboard.cli import format_table  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
-from sd15_random import build_random_sd15  # noqa: E402  (SD1.5 configs, random weights)
+from sd15_random import build_random_sd15, build_tiny_sd  # noqa: E402  (SD1.5 configs, random weights)
 TOKENS = (("<fs_trg>", "full shot"), ("<ms_trg>", "medium shot"))
 RANK, UNET_LR, TE_LR, TOKEN_LR = 4, 1e-4, 5e-5, 5e-4
-RESOLUTION = 512
+RESOLUTION, TINY_RESOLUTION = 512, 64
+PRECISIONS = ("no", "fp16", "bf16")
 
 
 # --------------------------------------------------------------------------------------------
 # The model folder and the data
 # --------------------------------------------------------------------------------------------
-def build_data(folder: Path, n: int = 8) -> Path:
-    """``n`` 512 px images (random shapes), captions starting with a trigger."""
+def build_data(folder: Path, n: int = 8, resolution: int = RESOLUTION) -> Path:
+    """``n`` images of ``resolution`` px (random shapes), captions starting with a trigger."""
     if (folder / "metadata.jsonl").is_file():
         return folder
     import numpy as np
@@ -71,8 +80,8 @@ def build_data(folder: Path, n: int = 8) -> Path:
     lines = []
     for i in range(n):
         token, words = TOKENS[i % len(TOKENS)]
-        pixels = (rng.random((RESOLUTION // 8, RESOLUTION // 8, 3)) * 255).astype("uint8")
-        Image.fromarray(pixels).resize((RESOLUTION, RESOLUTION), Image.Resampling.BICUBIC).save(
+        pixels = (rng.random((resolution // 8, resolution // 8, 3)) * 255).astype("uint8")
+        Image.fromarray(pixels).resize((resolution, resolution), Image.Resampling.BICUBIC).save(
             folder / "images" / f"{i:03d}.png")
         lines.append(json.dumps({"file_name": f"images/{i:03d}.png", "text": f"{token}, {words}, a person {i}"}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -82,7 +91,8 @@ def build_data(folder: Path, n: int = 8) -> Path:
 # --------------------------------------------------------------------------------------------
 # The baseline: a plain loop with the diffusers examples' defaults (runs in a child process)
 # --------------------------------------------------------------------------------------------
-def baseline(base: Path, data: Path, batch: int, steps: int, precision: str, warmup: int) -> dict:
+def baseline(base: Path, data: Path, batch: int, steps: int, precision: str, warmup: int,
+             resolution: int = RESOLUTION) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -125,6 +135,11 @@ def baseline(base: Path, data: Path, batch: int, steps: int, precision: str, war
             if p.requires_grad:
                 p.data = p.data.float()
     emb = text_encoder.get_input_embeddings().weight
+    if weight_dtype != torch.float32:
+        # The trainable table is fp32 (textual-inversion example), the rest of the encoder is in the compute
+        # dtype (LoRA example): its rows go on in that dtype, as they do in ours. Left fp32, the residual
+        # stream meets bf16 LayerNorm weights, which CUDA autocast upcasts but CPU autocast refuses.
+        text_encoder.get_input_embeddings().register_forward_hook(lambda module, inputs, out: out.to(weight_dtype))
     orig_embeds = emb.detach().clone()
     keep = torch.ones(len(tokenizer), dtype=torch.bool, device=device)
     keep[ids] = False
@@ -135,7 +150,7 @@ def baseline(base: Path, data: Path, batch: int, steps: int, precision: str, war
     records = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
 
     def load(rec):
-        image = Image.open(data / rec["file_name"]).convert("RGB").resize((RESOLUTION, RESOLUTION))
+        image = Image.open(data / rec["file_name"]).convert("RGB").resize((resolution, resolution))
         return torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1)
 
     unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
@@ -179,10 +194,10 @@ def _peak(device) -> int:
 # Ours: the trainer itself, through its front door
 # --------------------------------------------------------------------------------------------
 def ours(base: Path, data: Path, out: Path, batch: int, steps: int, precision: str, checkpointing: bool,
-         env: dict) -> dict:
+         env: dict, resolution: int = RESOLUTION) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, str(REPO / "train_trigger02.py"), "--pretrained_model_name_or_path", str(base),
-           "--train_data_dir", str(data), "--output_dir", str(out), "--resolution", str(RESOLUTION),
+           "--train_data_dir", str(data), "--output_dir", str(out), "--resolution", str(resolution),
            "--train_batch_size", str(batch), "--max_train_steps", str(steps), "--rank", str(RANK),
            "--learning_rate", str(UNET_LR), "--text_encoder_lr", str(TE_LR), "--token_learning_rate", str(TOKEN_LR),
            "--mixed_precision", precision, "--cache_latents", "--allow_tf32", "--num_validation_images", "0",
@@ -200,13 +215,15 @@ def ours(base: Path, data: Path, out: Path, batch: int, steps: int, precision: s
 
 def child(args) -> None:
     """One baseline configuration in this (child) process; prints one JSON line."""
-    result = baseline(Path(args.base), Path(args.data), args.batch, args.steps, args.precision, args.warmup)
+    result = baseline(Path(args.base), Path(args.data), args.batch, args.steps, args.precision, args.warmup,
+                      args.resolution)
     print("RESULT " + json.dumps(result))
 
 
-def run_baseline(base: Path, data: Path, batch: int, steps: int, precision: str, warmup: int, env: dict) -> dict:
+def run_baseline(base: Path, data: Path, batch: int, steps: int, precision: str, warmup: int, env: dict,
+                 resolution: int = RESOLUTION) -> dict:
     cmd = [sys.executable, __file__, "--child", "--base", str(base), "--data", str(data), "--batch", str(batch),
-           "--steps", str(steps), "--precision", precision, "--warmup", str(warmup)]
+           "--steps", str(steps), "--precision", precision, "--warmup", str(warmup), "--resolution", str(resolution)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -214,65 +231,104 @@ def run_baseline(base: Path, data: Path, batch: int, steps: int, precision: str,
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "storyboard_bench_train",
                         help="where the random SD1.5 folder and the data are kept between runs")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 on CPU, 1 4 on GPU")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="default: 1 on CPU, 1 4 on GPU, 2 with --tiny")
     parser.add_argument("--steps", type=int, default=None, help="steps per configuration (default: 3 CPU, 20 GPU)")
-    parser.add_argument("--warmup", type=int, default=1, help="steps not timed (default %(default)s)")
-    parser.add_argument("--precision", default=None, help="default: bf16 on GPU (fp16 without bf16), no on CPU")
+    parser.add_argument("--warmup", type=int, default=1, help="baseline steps not timed (default %(default)s)")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="default: bf16 on GPU (fp16 without bf16), no on CPU; bf16 also runs on CPU")
+    parser.add_argument("--tiny", action="store_true",
+                        help="smoke run: storyboard.tiny's toy model at 64 px, every configuration (seconds)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON (default %(default)s)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    for name in ("--base", "--data", "--batch"):
+    for name in ("--base", "--data", "--batch", "--resolution"):
         parser.add_argument(name, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        args.batch = int(args.batch)
-        child(args)
-        return
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps <= args.warmup:
+        parser.error(f"--steps {args.steps} leaves no timed step after --warmup {args.warmup}")
+    return args
 
+
+def plan(args, gpu: bool) -> dict:
+    """What this run measures: model, size, batches, steps, precision and configurations."""
     import torch
 
-    gpu = torch.cuda.is_available()
-    batches = args.batch_sizes or ([1, 4] if gpu else [1])
-    steps = args.steps or (20 if gpu else 3)
-    precision = args.precision or (("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "no")
-    device = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-    env = dict(os.environ, STORYBOARD_NO_PROGRESS="1")
-    args.work.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    print(f"building / reusing the random SD1.5 folder under {args.work} ...", file=sys.stderr)
-    base = build_random_sd15(args.work / "sd15_random")
-    data = build_data(args.work / "Dataset_fin")
-    configs = [("baseline (diffusers example)", None)] + [("ours", False)] + ([("ours + gradient checkpointing", True)] if gpu else [])
+    native_bf16 = gpu and torch.cuda.is_bf16_supported(including_emulation=False)  # not emulated (pre-Ampere)
+    precision = args.precision or (("bf16" if native_bf16 else "fp16") if gpu else "no")
+    if precision == "fp16" and not gpu:
+        # accelerate has no fp16 autocast on the CPU: the baseline's fp16 UNet would meet fp32 inputs.
+        print("bench_train.py: error: --precision fp16 needs a CUDA GPU; use bf16 or no on the CPU", file=sys.stderr)
+        raise SystemExit(2)
+    # The GPU set has a gradient-checkpointing row; --tiny runs it everywhere so that path is exercised.
+    configs = [("baseline (diffusers example)", None), ("ours", False)]
+    if gpu or args.tiny:
+        configs.append(("ours + gradient checkpointing", True))
+    return {"precision": precision, "configs": configs,
+            "resolution": TINY_RESOLUTION if args.tiny else RESOLUTION,
+            "batches": args.batch_sizes or ([2] if args.tiny else [1, 4] if gpu else [1]),
+            "steps": args.steps or (20 if gpu and not args.tiny else 3)}
+
+
+def measure(base: Path, data: Path, work: Path, run: dict, warmup: int, env: dict) -> tuple[list, list]:
+    """Every configuration at every batch size, each in its own process: (table rows, JSON results)."""
     rows, results = [], []
-    for batch in batches:
+    precision, steps, resolution = run["precision"], run["steps"], run["resolution"]
+    for batch in run["batches"]:
         base_result = None
-        for label, checkpointing in configs:
+        for label, checkpointing in run["configs"]:
             print(f"batch {batch}: {label} ...", file=sys.stderr)
             if checkpointing is None:
-                r = run_baseline(base, data, batch, steps, precision, args.warmup, env)
+                r = run_baseline(base, data, batch, steps, precision, warmup, env, resolution)
                 base_result = r
             else:
-                r = ours(base, data, args.work / "out", batch, steps, precision, checkpointing, env)
+                r = ours(base, data, work / "out", batch, steps, precision, checkpointing, env, resolution)
             speedup = r["images_per_s"] / base_result["images_per_s"] if base_result else None
             mem = r["peak_memory_bytes"] / 2**30
             rows.append((label, batch, precision, f"{r['images_per_s']:.3f}",
                          f"{speedup:.2f}x" if speedup else "", f"{mem:.2f}"))
             results.append({"config": label, "batch": batch, "precision": precision, **r,
                             "speedup_vs_baseline": speedup})
+    return rows, results
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        args.batch, args.resolution = int(args.batch), int(args.resolution)
+        child(args)
+        return
+
+    import torch
+
+    gpu = torch.cuda.is_available()
+    run = plan(args, gpu)
+    device = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    env = dict(os.environ, STORYBOARD_NO_PROGRESS="1")
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    model = "storyboard.tiny toy model" if args.tiny else "SD1.5 architecture (random weights)"
+    print(f"building / reusing the {model} folder under {args.work} ...", file=sys.stderr)
+    base = build_tiny_sd(args.work / "tiny_sd") if args.tiny else build_random_sd15(args.work / "sd15_random")
+    data = build_data(args.work / f"Dataset_fin-{run['resolution']}px", resolution=run["resolution"])
+    rows, results = measure(base, data, args.work, run, args.warmup, env)
     table = format_table(rows, header=("configuration", "batch", "precision", "images/s", "vs baseline",
                                        "peak GiB"))
     stamp = time.strftime("%Y-%m-%d")
-    print(f"\nTraining, SD1.5 architecture (random weights), {RESOLUTION} px, {steps} steps "
+    print(f"\nTraining, {model}, {run['resolution']} px, {run['steps']} steps "
           f"({args.warmup} untimed), {device}, {stamp}")
     print(table)
     print("peak memory: GPU max_memory_allocated" if gpu else
           "peak memory: the child process's peak resident memory (includes loading the model)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"bench_train-{'gpu' if gpu else 'cpu'}-{stamp}.json"
-    path.write_text(json.dumps({"device": device, "date": stamp, "resolution": RESOLUTION, "steps": steps,
-                                "warmup": args.warmup, "results": results, "table": table,
+    args.results.mkdir(parents=True, exist_ok=True)
+    # A smoke run never overwrites the day's real figures.
+    path = args.results / f"bench_train-{'tiny-' if args.tiny else ''}{'gpu' if gpu else 'cpu'}-{stamp}.json"
+    path.write_text(json.dumps({"device": device, "date": stamp, "model": model, "tiny": args.tiny,
+                                "resolution": run["resolution"], "steps": run["steps"], "warmup": args.warmup,
+                                "results": results, "table": table,
                                 "seconds": round(time.time() - started, 1)}, indent=2) + "\n")
     print(f"written {path}")
 

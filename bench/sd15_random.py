@@ -1,7 +1,8 @@
 """The full-size Stable Diffusion 1.5 architecture with random weights, for the benchmarks.
 
 Speed and memory do not depend on the weights, so the benches build SD1.5's published component
-configs (value for value) with random weights instead of downloading a checkpoint.
+configs (value for value) with random weights instead of downloading a checkpoint. ``build_tiny_sd``
+saves ``storyboard.tiny``'s toy model the same way, for the benches' ``--tiny`` smoke mode.
 """
 from __future__ import annotations
 
@@ -36,26 +37,47 @@ SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.0
 
 def build_random_sd15(folder: Path, seed: int = 0) -> Path:
     """A random-weight SD1.5 diffusers folder (fp16 safetensors, the real CLIP tokenizer), built once."""
+    return _save_random_pipeline(folder, seed, _sd15_components, "sd15 random")
+
+
+def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
+    """``storyboard.tiny``'s toy SD1.5-layout model, saved exactly like the random SD1.5 (fp16
+    safetensors, SD1.5's tokenizer files, the marker): the benches' ``--tiny`` smoke mode runs every
+    code path of a real bench, loading included, in seconds."""
+    from storyboard.tiny import _tiny_sd_components
+
+    return _save_random_pipeline(folder, seed, _tiny_sd_components, "storyboard.tiny model_sd")
+
+
+def _sd15_components(seed: int) -> dict:
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    return {"unet": UNet2DConditionModel(**SD15_UNET), "vae": AutoencoderKL(**SD15_VAE),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**SD15_TEXT)), "scheduler": PNDMScheduler(**SD15_SCHEDULER),
+            "feature_extractor": CLIPImageProcessor()}
+
+
+def _save_random_pipeline(folder: Path, seed: int, components, label: str) -> Path:
+    """Build ``components(seed)`` into a pipeline and save it into ``folder`` once (atomic, marker)."""
     folder = Path(folder)
     if (folder / MARKER).is_file():
         return folder
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
+    from diffusers import StableDiffusionPipeline
 
     from storyboard.tiny import build_clip_tokenizer
 
-    torch.manual_seed(seed)
     with atomic_dir(folder) as tmp, tempfile.TemporaryDirectory() as scratch:
-        pipe = StableDiffusionPipeline(
-            unet=UNet2DConditionModel(**SD15_UNET), vae=AutoencoderKL(**SD15_VAE),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT)), tokenizer=build_clip_tokenizer(scratch),
-            scheduler=PNDMScheduler(**SD15_SCHEDULER), feature_extractor=CLIPImageProcessor(),
-            safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(**components(seed), tokenizer=build_clip_tokenizer(scratch),
+                                       safety_checker=None, requires_safety_checker=False)
+        # fp16 on disk, as SD1.5 checkpoints are shared: loaders meet the same dtype as with a real one.
         pipe.to(torch.float16)
         pipe.save_pretrained(tmp, safe_serialization=True)
         # SD1.5's own tokenizer files (vocab.json + merges.txt), as a downloaded checkpoint has them.
         shutil.rmtree(tmp / "tokenizer")
         shutil.copytree(scratch, tmp / "tokenizer")
-        (tmp / MARKER).write_text(f"sd15 random, seed {seed}\n")
+        (tmp / MARKER).write_text(f"{label}, seed {seed}\n")
     return folder

@@ -191,6 +191,46 @@ def test_shot_flag_num_images_and_folder_output(tmp_path, tiny_models, trained_c
         ("0000-5.png", 5, "<ms_trg>, medium shot, a man"), ("0001-6.png", 6, "<ms_trg>, medium shot, a man")]
 
 
+def test_bf16_on_the_cpu_makes_an_image_and_records_its_dtype(tmp_path, tiny_models, trained_checkpoint, monkeypatch):
+    """CPU kernels run bf16 (diffusers and the fused LoRA included), so --dtype bf16 is allowed there; the
+    image is a real picture (no NaN turned black) close to the fp32 one, and its PNG says bf16."""
+    root = seed_root(tmp_path / "seed", tiny_models, trained_checkpoint)
+    monkeypatch.chdir(root)
+    for dtype in ("bf16", "fp32"):
+        assert _front_door().main(["--prompt", SEED_PROMPT, "--steps", "2", "--device", "cpu", "--dtype", dtype,
+                                   "--output", f"model_output/{dtype}.png"]) == 0
+    meta = read_png_metadata(root / "model_output/bf16.png")
+    assert meta["dtype"] == "bfloat16" and read_png_metadata(root / "model_output/fp32.png")["dtype"] == "float32"
+    bf16, fp32 = pixels(root / "model_output/bf16.png"), pixels(root / "model_output/fp32.png")
+    assert bf16.shape == (64, 64, 3) and bf16.std() > 5
+    assert np.abs(bf16 - fp32).mean() < 8  # bf16 rounding, not another picture
+
+
+def test_fp16_loads_and_fuses_on_the_cpu_before_moving_to_the_gpu(tiny_models, trained_checkpoint, monkeypatch):
+    """On a GPU, --dtype auto is fp16 and load_trigger_pipeline loads, adds the token rows and fuses the
+    LoRA on the CPU in fp16 before ``pipe.to(cuda)``: that half runs here (the CPU refuses fp16 only for
+    making images), so a GPU session meets no dtype surprise there."""
+    import torch
+
+    import storyboard.generate as generate
+
+    monkeypatch.setattr(generate, "resolve_dtype", lambda dtype, device: torch.float16)
+    tp = generate.load_trigger_pipeline(tiny_models / "model_sd", trained_checkpoint, device="cpu", dtype="fp16")
+    assert tp.fused and not tp.pipe.get_list_adapters()
+    assert {tp.pipe.unet.dtype, tp.pipe.text_encoder.dtype, tp.pipe.vae.dtype} == {torch.float16}
+    table = tp.pipe.text_encoder.get_input_embeddings().weight
+    row = table[tp.pipe.tokenizer.convert_tokens_to_ids("<fs_trg>")]
+    saved = _saved_embedding(trained_checkpoint, "fs_trg")
+    assert table.dtype == torch.float16 and torch.equal(row, saved.to(torch.float16))
+    assert all(torch.isfinite(p).all() for p in tp.pipe.unet.parameters())
+
+
+def _saved_embedding(checkpoint: Path, stem: str):
+    from safetensors.torch import load_file
+
+    return load_file(str(checkpoint / "embeddings" / f"{stem}.safetensors"))["emb_params"][0]
+
+
 # --------------------------------------------------------------------------------------------
 # Mismatches: one line, exit 2, no traceback
 # --------------------------------------------------------------------------------------------
@@ -218,6 +258,8 @@ def _mismatch_cases(tmp_path: Path, tiny_models: Path, ckpt: Path) -> dict[str, 
         "tokenizer size": (["--base-model", base, "--checkpoint", small_tok], "tokenizer size mismatch"),
         "untrained trigger": (["--base-model", base, "--checkpoint", ckpt, "--shot", "close-up"], "was not trained"),
         "not a checkpoint": (["--base-model", base, "--checkpoint", tmp_path], "is not a training output folder"),
+        "fp16 on the cpu": (["--base-model", base, "--checkpoint", ckpt, "--device", "cpu", "--dtype", "fp16"],
+                            "--dtype fp16 needs a GPU; on CPU use fp32 (or bf16)"),
     }
 
 

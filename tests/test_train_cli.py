@@ -6,9 +6,10 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
-from train_support import LAUNCHER, fast_flags, make_dataset, run_front_door, train_args, user_env
+from train_support import FRONT_DOOR, LAUNCHER, fast_flags, make_dataset, run_front_door, train_args, user_env
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,61 @@ def test_each_bad_input_is_one_clear_line(tiny_models, tmp_path):
             failures.append(f"{name}: rc={proc.returncode} stderr={proc.stderr[-600:]!r}")
     assert not failures, "\n".join(failures)
     assert not (tmp_path / "out").exists()  # nothing written before the checks
+
+
+def test_fp16_on_the_cpu_is_one_clear_line(work, tmp_path):
+    """accelerate turns autocast off for fp16 on the CPU, so the fp16 UNet would meet fp32 latents at
+    step 1 (a traceback); the trainer says so before loading anything."""
+    argv = train_args(work / "model_sd", work / "Dataset_fin", tmp_path / "out", mixed_precision="fp16")
+    proc = subprocess.run([sys.executable, str(FRONT_DOOR), *argv], cwd=tmp_path, env=user_env(CUDA_VISIBLE_DEVICES=""),
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("train_trigger02.py: error: --mixed_precision fp16 needs a CUDA GPU")
+    assert "bf16" in lines[0] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cuda, env, flag, expected", [
+    (False, {"ACCELERATE_MIXED_PRECISION": "fp16"}, "auto", "took fp16 from the accelerate configuration"),
+    (True, {"ACCELERATE_USE_CPU": "True"}, "fp16", "--mixed_precision fp16 needs a CUDA GPU"),  # launch --cpu
+])
+def test_fp16_refused_whenever_the_run_lands_on_the_cpu(monkeypatch, cuda, env, flag, expected):
+    import torch
+
+    from storyboard.cli import UserError
+    from storyboard.train.args import check_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError, match=expected):
+        check_precision(flag)
+
+
+def test_precision_auto_and_bf16_resolve_on_the_cpu(monkeypatch):
+    import torch
+
+    from storyboard.train.args import check_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert check_precision("auto") == "no" and check_precision("bf16") == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert check_precision("auto") == "bf16"
+
+
+def test_xformers_that_cannot_run_is_one_line(tiny_models):
+    """The flag's check only asks whether xformers is installed; enabling it can still fail (no CUDA, a
+    wheel built for another torch, or, here, not installed): one line, not diffusers' traceback."""
+    from diffusers import UNet2DConditionModel
+
+    from storyboard.cli import UserError
+    from storyboard.train.loop import enable_xformers
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models / "model_sd", subfolder="unet")
+    with pytest.raises(UserError, match="xformers does not work here .*drop the flag") as err:
+        enable_xformers(unet)
+    assert "\n" not in str(err.value)
 
 
 def test_seed_command_verbatim_through_the_launcher(work):

@@ -14,17 +14,22 @@ RANK, ALPHA = 4, 2.0  # alpha != rank: a converter that writes alpha = rank woul
 PROMPT = "<fs_trg>, a person"
 
 
-@pytest.fixture(scope="module")
-def run(tiny_models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_outputs")
+def _run_argv(base, root, **overrides) -> tuple[list[str], dict]:
+    """The module's run (6 steps, a checkpoint at 3, previews, fixed-noise loss) in ``root``."""
     data = make_dataset(root / "Dataset_fin", n=4)
     out = root / "model_sd_weight" / "train_fs"
-    argv = train_args(tiny_models / "model_sd", data, out, "--lora_include_ff", max_train_steps=6,
+    argv = train_args(base, data, out, "--lora_include_ff", max_train_steps=6,
                       checkpointing_steps=3, rank=RANK, lora_alpha=ALPHA, learning_rate=1e-2, text_encoder_lr=1e-2,
                       token_learning_rate=5e-2, num_validation_images=1, validation_inference_steps=2,
-                      eval_loss_images=2)
+                      eval_loss_images=2, **overrides)
+    return argv, {"base": base, "out": out, "data": data}
+
+
+@pytest.fixture(scope="module")
+def run(tiny_models, tmp_path_factory):
+    argv, result = _run_argv(tiny_models / "model_sd", tmp_path_factory.mktemp("train_outputs"))
     assert train_in_process(argv) == 0
-    return {"base": tiny_models / "model_sd", "out": out, "data": data}
+    return result
 
 
 def _image(pipe, prompt=PROMPT, seed=7):
@@ -146,3 +151,103 @@ def test_preview_png_is_what_a_user_gets(run):
     saved = Image.open(out / "validation/step-000006/p01_00.png")
     diff = np.abs(np.asarray(mine, dtype=int) - np.asarray(saved, dtype=int))
     assert diff.max() <= 1  # PNG of the same pixels (one level for thread-count rounding)
+
+
+# --------------------------------------------------------------------------------------------
+# The same run in bf16 mixed precision (CPU autocast is bf16, so this runs here as on a GPU)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bf16_run(tiny_models, tmp_path_factory):
+    """The module's run with ``--mixed_precision bf16``, watched at every micro-batch: the dtypes of the
+    trainable and frozen weights while training, each loss, and the frozen token rows as training holds
+    them (after the last micro-batch)."""
+    from storyboard.tokens import find_trigger_embedding
+    from storyboard.train import loop
+
+    argv, result = _run_argv(tiny_models / "model_sd", tmp_path_factory.mktemp("train_bf16"), mixed_precision="bf16")
+    seen = {"trainable": {}, "frozen": set(), "losses": [], "base_rows": None}
+    original = loop.micro_batch_loss
+
+    def watched(ctx, batch, m):
+        loss = original(ctx, batch, m)
+        for name, p in loop.named_trainables(ctx.models).items():
+            seen["trainable"].setdefault(name, set()).add(p.dtype)
+        for module in (ctx.models.unet, ctx.models.text_encoder):
+            seen["frozen"].update(p.dtype for p in module.parameters() if not p.requires_grad)
+        seen["losses"].append(loss.item())
+        seen["base_rows"] = find_trigger_embedding(ctx.models.text_encoder).base.weight.detach().clone()
+        return loss
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "micro_batch_loss", watched)
+        assert train_in_process(argv) == 0
+    return {**result, "seen": seen, "manifest": json.loads((result["out"] / "trigger_manifest.json").read_text())}
+
+
+def test_bf16_trains_fp32_parameters_beside_bf16_frozen_weights(bf16_run):
+    seen = bf16_run["seen"]
+    assert len(seen["losses"]) == 6  # one micro-batch per step
+    names = set(seen["trainable"])
+    assert any(n.endswith("token_embedding.trigger") for n in names)  # (transformers 4 nests text_model.)
+    assert any(".lora_A." in n for n in names if n.startswith("unet.")) and any("lora_B" in n for n in names)
+    assert {dtype for dtypes in seen["trainable"].values() for dtype in dtypes} == {torch.float32}
+    assert seen["frozen"] == {torch.bfloat16}  # mixed precision really was on
+    assert bf16_run["manifest"]["training"]["mixed_precision"] == "bf16"
+    # Adam's moments are as wide as the parameters they follow
+    blob = torch.load(bf16_run["out"] / "checkpoint-3" / "training_state" / "optimizer.pt", weights_only=True)
+    moments = [t for state in blob["optimizer"]["state"].values() for k, t in state.items() if k != "step"]
+    assert moments and {t.dtype for t in moments} == {torch.float32}
+
+
+def test_bf16_loss_is_finite(bf16_run):
+    training = bf16_run["manifest"]["training"]
+    logged = [json.loads(line)["loss"] for line in (bf16_run["out"] / "logs/loss.jsonl").read_text().splitlines()]
+    values = bf16_run["seen"]["losses"] + logged + [training[k] for k in (
+        "first_loss", "final_loss", "fixed_noise_loss_start", "fixed_noise_loss_end")]
+    assert len(logged) == 6 and all(np.isfinite(v) for v in values), values
+
+
+def _safetensors_layout(out) -> dict:
+    """``{relative file: {key: (dtype, shape)}}`` of every safetensors file a run wrote."""
+    layout = {}
+    for path in sorted(out.rglob("*.safetensors")):
+        layout[str(path.relative_to(out))] = {k: (t.dtype, tuple(t.shape)) for k, t in load_safetensors(path).items()}
+    return layout
+
+
+def test_bf16_saves_every_file_in_fp32_like_the_fp32_run(run, bf16_run):
+    """Every file exists, keys and shapes match the fp32 run's, and every tensor is fp32 (the formats
+    document fp32: export.lora_state, save_embeddings, checkpoints' trainable.safetensors)."""
+    bf16, fp32 = _safetensors_layout(bf16_run["out"]), _safetensors_layout(run["out"])
+    assert set(bf16) == set(fp32) and "checkpoint-3/training_state/trainable.safetensors" in bf16
+    assert bf16 == fp32
+    assert {dtype for tensors in bf16.values() for dtype, _ in tensors.values()} == {torch.float32}
+    others = lambda out: sorted(str(p.relative_to(out)) for p in out.rglob("*")  # noqa: E731
+                                if p.is_file() and p.suffix != ".safetensors")
+    assert others(bf16_run["out"]) == others(run["out"])  # manifests, loss log, previews, training state
+    assert set(bf16_run["manifest"]["files"]["sha256"]) == set(json.loads(
+        (run["out"] / "trigger_manifest.json").read_text())["files"]["sha256"])
+
+
+def test_bf16_reload_check_passes(bf16_run):
+    check = bf16_run["manifest"]["reload_check"]
+    assert check["ok"] is True, check["problems"]
+    assert check["diffusers_lora"]["unet"]["loaded"] == check["diffusers_lora"]["unet"]["modules"] > 0
+
+
+def test_bf16_frozen_token_rows_stay_the_base_rows(bf16_run):
+    """Training holds the base rows in bf16 (the base's values, rounded once, never updated); a user's
+    pipeline (plain diffusers, fp32) gets the base's rows bit for bit plus the trained fp32 rows."""
+    from transformers import CLIPTextModel
+
+    base_table = CLIPTextModel.from_pretrained(bf16_run["base"], subfolder="text_encoder").get_input_embeddings().weight
+    held = bf16_run["seen"]["base_rows"]
+    assert held.dtype == torch.bfloat16 and torch.equal(held, base_table.detach().to(torch.bfloat16))
+    pipe = _fresh(bf16_run["base"])
+    out = bf16_run["out"]
+    for stem in ("cu_trg", "fs_trg"):
+        pipe.load_textual_inversion(str(out / f"embeddings/{stem}.safetensors"), token=f"<{stem}>")
+    table = pipe.text_encoder.get_input_embeddings().weight
+    assert table.dtype == torch.float32 and torch.equal(table[:49408], base_table)
+    saved = load_safetensors(out / "embeddings/fs_trg.safetensors")["emb_params"][0]
+    assert torch.equal(table[pipe.tokenizer.convert_tokens_to_ids("<fs_trg>")], saved)

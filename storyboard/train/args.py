@@ -210,8 +210,49 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.cache_latents and not args.center_crop:
         raise UserError("--cache_latents needs --center_crop: a random crop differs at every step, so its latents "
                         "cannot be computed once")
+    check_precision(args.mixed_precision)
     _check_optional_packages(args)
     return args
+
+
+def training_on_gpu() -> bool:
+    """Whether this run's accelerator will sit on a CUDA GPU: one is visible and neither
+    ``accelerate launch --cpu`` nor ``ACCELERATE_USE_CPU`` sends the run to the CPU. (The loop builds
+    its Accelerator with ``cpu=True`` whenever CUDA is missing, so MPS runs train on the CPU too.)"""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes", "y", "t", "on"):  # str_to_bool
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_precision(flag: str) -> str:
+    """``auto``: accelerate's own setting if it names fp16/bf16, else bf16 on GPUs that have it,
+    fp16 on other GPUs, no on CPU."""
+    if flag != "auto":
+        return flag
+    env = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    if env in ("fp16", "bf16"):
+        return env
+    if training_on_gpu():
+        import torch
+
+        # Native bf16 only (Ampere+): the default also says yes on older GPUs that emulate it, slowly.
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return "no"
+
+
+def check_precision(flag: str) -> str:
+    """The resolved precision, or one line when it cannot run here. fp16 on the CPU is refused:
+    accelerate turns its autocast off there (CPU autocast is bf16 only), so the fp16 UNet would meet
+    fp32 inputs and stop with a dtype-mismatch traceback at the first step."""
+    precision = resolve_precision(flag)
+    if precision == "fp16" and not training_on_gpu():
+        source = ("--mixed_precision fp16" if flag == "fp16"
+                  else "--mixed_precision auto took fp16 from the accelerate configuration, but it")
+        raise UserError(f"{source} needs a CUDA GPU and this run is on the CPU (accelerate has no fp16 "
+                        "autocast there); use --mixed_precision bf16 or no on the CPU")
+    return precision
 
 
 def _check_optional_packages(args: argparse.Namespace) -> None:

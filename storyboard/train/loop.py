@@ -43,7 +43,7 @@ from ..cli import UserError, format_table
 from ..tokens import (AddedTokens, add_trigger_tokens, check_new_tokens, install_trigger_embedding,
                       merge_trigger_embedding, trigger_rows)
 from . import checkpoints as ckpt
-from .args import output_dir
+from .args import check_precision, output_dir
 from .data import (CaptionPolicy, ImagePolicy, StepBatchSampler, TriggerDataset, cache_latents, derive_seed,
                    epochs_seen, make_loader)
 from .inputs import CheckedInputs, check_inputs
@@ -80,19 +80,6 @@ class Denoiser(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Phase 0/1 helpers
 # --------------------------------------------------------------------------------------------
-def resolve_precision(flag: str) -> str:
-    """``auto``: accelerate's own setting if it names fp16/bf16, else bf16 on GPUs that have it,
-    fp16 on other GPUs, no on CPU."""
-    if flag != "auto":
-        return flag
-    env = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
-    if env in ("fp16", "bf16"):
-        return env
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
 def make_accelerator(args, out: Path, precision: str):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
@@ -213,7 +200,18 @@ def adapt_models(args, models: Models, weight_dtype: torch.dtype, device) -> Non
         if args.text_encoder_mode != "frozen":
             te.gradient_checkpointing_enable()
     if args.enable_xformers_memory_efficient_attention:
+        enable_xformers(unet)
+
+
+def enable_xformers(unet) -> None:
+    """xformers attention, or one line saying why not. Installed is not enough: diffusers refuses it
+    without CUDA, and a wheel built for another torch fails its first kernel call."""
+    try:
         unet.enable_xformers_memory_efficient_attention()
+    except (ImportError, ValueError, RuntimeError, NotImplementedError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+        raise UserError(f"--enable_xformers_memory_efficient_attention: xformers does not work here ({first}); "
+                        "drop the flag (PyTorch's SDPA attention is the default)") from None
 
 
 def named_trainables(models: Models) -> dict[str, nn.Parameter]:
@@ -464,7 +462,7 @@ def train(args: argparse.Namespace, checked: CheckedInputs | None = None) -> Tra
     base, scan, specs, out, resume_from = checked.base, checked.scan, checked.specs, checked.output_dir, checked.resume_from
 
     # ---- 1. accelerate + models --------------------------------------------------------------
-    precision = resolve_precision(args.mixed_precision)
+    precision = check_precision(args.mixed_precision)
     accelerator = make_accelerator(args, out, precision)
     main = accelerator.is_main_process
     quiet_libraries(main)
