@@ -28,7 +28,6 @@ gallery folder.
 """
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,15 +37,16 @@ from typing import Any
 import numpy as np
 
 from .cli import UserError, format_table, progress
-from .cluster import (DEFAULT_NAMING, BalancePlan, ClusterName, balance, choose_k, clustering_id,
+from .cluster import (DEFAULT_NAMING, BalancePlan, ClusterName, Clustering, balance, choose_k, clustering_id,
                       find_duplicates, load_manual_labels, name_clusters, parse_target, reduce, run_kmeans,
                       trigger_text)
 from .embed import (EmbeddingCache, Processes, current_processes, hash_files, iter_embeddings, load_clip,
                     parse_shard, shard_indices)
 from .records import (JsonlItem, RecordError, StageRecords, atomic_write, atomic_write_bytes, atomic_write_json,
-                      check_fields, dumps_record, harmonize_field_types, read_jsonl, resolve_under)
-from .shots import ClipZeroShotJudge, Measurement, OpenCVShotEstimator, ShotEvaluation, evaluate
-from .vocabulary import Vocabulary, load_vocabulary
+                      check_fields, dumps_record, harmonize_field_types, read_json_object, read_jsonl,
+                      resolve_under)
+from .shots import ClipZeroShotJudge, Measurement, OpenCVShotEstimator, ShotEvaluation, ShotGuess, evaluate
+from .vocabulary import Term, Vocabulary, load_vocabulary
 
 PREBALANCE_NAME = "metadata_prebalance.jsonl"
 OWN_MARKER = "shot_size_source"  # a field only this stage writes: marks its own output
@@ -443,6 +443,8 @@ def run_clip_clustering(s: ClusteringSettings):
 
 
 def _read_rows(stage: StageRecords, inputs: Inputs, vocab: Vocabulary) -> list[Row]:
+    """The input's records whose image exists and whose shot-size tag (if any) the vocabulary knows;
+    raises before anything is written when there is none."""
     rows = []
     for item in stage.read_from(inputs.input):
         record = item.record
@@ -461,11 +463,46 @@ def _read_rows(stage: StageRecords, inputs: Inputs, vocab: Vocabulary) -> list[R
             stage.reject_item(item, exc)
             continue
         rows.append(Row(item, record, path, tag))
+    if stage.read == 0:
+        raise UserError(f"{inputs.input} holds no records; nothing was written")
+    if not rows:
+        why = ", ".join(f"{n} {r}" for r, n in sorted(stage.rejected_by_reason.items()))
+        raise UserError(f"none of the {stage.read} records of {inputs.input} is usable ({why}); nothing was written")
     return rows
 
 
 def _reject(stage: StageRecords, row: Row, reason: str, detail: str, **more: Any) -> None:
     stage.reject(reason, detail, record=row.record, source=row.item.source, line=row.item.line, **more)
+
+
+@dataclass
+class Clusters:
+    """Phase 3's k-means over the kept rows."""
+    clustering: Clustering
+    k_scores: dict[int, float]  # silhouette score per k tried (empty with --k)
+    pca: dict
+    id: str  # clustering_id: ties a hand-written --cluster-labels file to this clustering
+
+
+@dataclass
+class Naming:
+    """Phase 4: each cluster's name, and the estimator's guess per row (None when it did not run)."""
+    names: list[ClusterName]
+    guesses: list[ShotGuess] | None
+    estimates: list[str | None] | None
+
+
+@dataclass
+class Clustered:
+    """Everything the stage computed while writing, for the report and the gallery."""
+    rows: list[Row]
+    features: np.ndarray
+    clusters: Clusters
+    naming: Naming
+    final: list[str | None]  # each row's shot size, None when it has none
+    labelled: list[int]  # rows with a shot size: what ``plan`` indexes
+    plan: BalancePlan
+    warnings: list[str]
 
 
 def cluster_all(s: ClusteringSettings, vocab: Vocabulary) -> ClusteringResult:
@@ -475,205 +512,283 @@ def cluster_all(s: ClusteringSettings, vocab: Vocabulary) -> ClusteringResult:
     if inputs.copy_from is not None:
         copy_atomically(inputs.copy_from, inputs.prebalance)
     order = [t.key for t in vocab.shot_sizes]
+    stage = _open_stage(s, inputs, clip)
+    with stage:
+        rows = _read_rows(stage, inputs, vocab)
+        # 1. content hashes, embeddings (cached)
+        rows = _hash_rows(stage, rows)
+        rows, feats = _embed_rows(stage, rows, clip, cache, s, inputs.input)
+        # 2. duplicates
+        rows, feats, warnings = _collapse_duplicates(stage, rows, feats, s.dedupe_threshold)
+        # 3. k-means
+        clusters = _cluster_rows(stage, rows, feats, s, clip.fingerprint)
+        # 4. evidence for naming
+        naming = _naming_evidence(rows, feats, clusters, s, clip, vocab)
+        # 5. each record's shot size
+        final, labelled = _shot_sizes(stage, rows, clusters.clustering, naming.names, s.naming)
+        # 6. balance
+        plan, repeats_of = _balance_shots(stage, rows, final, labelled, clusters.clustering, order, s)
+        # 7. write
+        _write_records(stage, rows, final, labelled, plan, repeats_of, clusters, naming, vocab)
+        done = Clustered(rows, feats, clusters, naming, final, labelled, plan, warnings)
+
+    # 8. agreement, report, gallery (after the output is safely in place)
+    agreement, est_agreement = _agreements(done, order)
+    report = _report(s, inputs, clip.info, stage, done, agreement, est_agreement)
+    result = ClusteringResult(stage, clusters.clustering.k, clusters.k_scores, naming.names, plan, agreement,
+                              est_agreement, None, None, warnings)
+    if cache.parts() and len(cache.parts()) > 16:
+        cache.compact()
+    if s.gallery_dir:
+        result.report, result.gallery = _write_report_and_gallery(Path(s.gallery_dir), s, vocab, done, report,
+                                                                  agreement, est_agreement)
+    return result
+
+
+def _open_stage(s: ClusteringSettings, inputs: Inputs, clip) -> StageRecords:
     stage = StageRecords(inputs.output, rejects=s.rejects or inputs.output.with_name("clustering.rejects.jsonl"),
                          stage="clustering", config={**s.as_config(), "input": str(inputs.input),
                                                      "model": clip.info, "model_fingerprint": clip.fingerprint})
     stage.run_info = inputs.output.with_name("clustering.run.json")
-    report: dict[str, Any] = {"input": str(inputs.input), "output": str(inputs.output), "model": clip.info}
-    with stage:
-        rows = _read_rows(stage, inputs, vocab)
-        if stage.read == 0:
-            raise UserError(f"{inputs.input} holds no records; nothing was written")
-        if not rows:
-            why = ", ".join(f"{n} {r}" for r, n in sorted(stage.rejected_by_reason.items()))
-            raise UserError(f"none of the {stage.read} records of {inputs.input} is usable ({why}); nothing was written")
+    return stage
 
-        # 1. content hashes, embeddings (cached)
-        hashes = hash_files([r.path for r in rows])
-        usable = []
-        for row, h in zip(rows, hashes):
-            if isinstance(h, Exception):
-                _reject(stage, row, "unreadable_image", f"cannot read {row.path.name}: {h}")
-                continue
-            row.key = h
-            usable.append(row)
-        keyed: dict[str, Path] = {}
-        for row in usable:
-            keyed.setdefault(row.key, row.path)
-        outcome = embed_keys(clip, cache, keyed, s)
-        rows = []
-        for row in usable:
-            if row.key in outcome.failed:
-                reason, detail = outcome.failed[row.key]
-                _reject(stage, row, reason, detail)
-            else:
-                rows.append(row)
-        stage.extra["embedded now"] = outcome.embedded_now
-        stage.extra["embeddings from cache"] = outcome.cache_hits
-        if not rows:
-            raise UserError(f"no image of {inputs.input} could be decoded; nothing was written (see the messages above)")
-        feats = np.stack([outcome.features[r.key] for r in rows]).astype(np.float32)
 
-        # 2. duplicates: tag-labelled records are preferred as the one kept, then input order
-        preference = sorted(range(len(rows)), key=lambda i: (rows[i].tag is None, i))
-        dups = find_duplicates(feats, [r.key for r in rows], preference, s.dedupe_threshold)
-        dropped = {d.index for d in dups}
-        for d in dups:
-            kept = rows[d.of]
-            how = "the same image bytes as" if d.exact else f"a near-duplicate (cosine {d.similarity:.4f}) of"
-            _reject(stage, rows[d.index], "duplicate", f"{how} {kept.id}", duplicate_of=kept.id,
-                    similarity=d.similarity)
-        keep_idx = [i for i in range(len(rows)) if i not in dropped]
-        rows = [rows[i] for i in keep_idx]
-        feats = feats[keep_idx]
-        stage.extra["duplicates collapsed"] = len(dups)
-        warnings: list[str] = []
-        if len(dups) > 0.5 * (len(dups) + len(keep_idx)) and s.dedupe_threshold <= 1:
-            warnings.append(f"warning: --dedupe-threshold {s.dedupe_threshold} collapsed {len(dups)} of "
-                            f"{len(dups) + len(keep_idx)} images as near-duplicates; if they are not, this model "
-                            f"does not tell them apart at that threshold (raise it, or use real CLIP weights)")
+def _hash_rows(stage: StageRecords, rows: list[Row]) -> list[Row]:
+    """Rows whose image could be read, each with its content hash as ``key``."""
+    usable = []
+    for row, h in zip(rows, hash_files([r.path for r in rows])):
+        if isinstance(h, Exception):
+            _reject(stage, row, "unreadable_image", f"cannot read {row.path.name}: {h}")
+            continue
+        row.key = h
+        usable.append(row)
+    return usable
 
-        # 3. k-means
-        x, pca_info = reduce(feats, s.pca, s.seed)
-        if s.k is not None:
-            k, k_scores = s.k, {}
+
+def _embed_rows(stage: StageRecords, rows: list[Row], clip, cache: EmbeddingCache, s: ClusteringSettings,
+                source: Path) -> tuple[list[Row], np.ndarray]:
+    """The rows CLIP could embed and their features (one row each); identical images are embedded once."""
+    keyed: dict[str, Path] = {}
+    for row in rows:
+        keyed.setdefault(row.key, row.path)
+    outcome = embed_keys(clip, cache, keyed, s)
+    embedded = []
+    for row in rows:
+        if row.key in outcome.failed:
+            reason, detail = outcome.failed[row.key]
+            _reject(stage, row, reason, detail)
         else:
-            k, k_scores = choose_k(x, s.k_range, s.seed)
-        clustering = run_kmeans(x, k, s.seed)
-        cid = clustering_id([r.key for r in rows], clustering.k, s.seed, s.pca, clip.fingerprint)
-        stage.extra["clusters (k)"] = clustering.k
+            embedded.append(row)
+    stage.extra["embedded now"] = outcome.embedded_now
+    stage.extra["embeddings from cache"] = outcome.cache_hits
+    if not embedded:
+        raise UserError(f"no image of {source} could be decoded; nothing was written (see the messages above)")
+    feats = np.stack([outcome.features[r.key] for r in embedded]).astype(np.float32)
+    return embedded, feats
 
-        # 4. evidence for naming
-        tags = [r.tag for r in rows]
-        zero_shot_judge = ClipZeroShotJudge.from_clip(clip, vocab)
-        zero_shot = [g.shot_size for g in zero_shot_judge.judge_features(feats)]
-        estimates = guesses = None
-        if s.estimate or "estimator" in s.naming:
-            bounds = _read_bounds(s.estimator_bounds)
-            estimator = OpenCVShotEstimator(vocab, bounds)
-            measurements = measure_rows(estimator, rows, Path(s.cache_dir))
-            guesses = [estimator.classify(m) for m in measurements]
-            estimates = [g.shot_size for g in guesses]
-        manual = load_manual_labels(Path(s.cluster_labels), vocab, clustering.k, cid) if s.cluster_labels else None
-        names = name_clusters(clustering.labels, clustering.k, s.naming, tags, zero_shot, estimates, manual,
-                              s.min_purity, s.min_labelled)
 
-        # 5. each record's shot size
-        final: list[str | None] = []
-        for i, row in enumerate(rows):
-            final.append(row.tag or names[clustering.labels[i]].label)
-        labelled = [i for i, shot in enumerate(final) if shot]
-        for i, shot in enumerate(final):
-            if not shot:
-                c = int(clustering.labels[i])
-                _reject(stage, rows[i], "no_shot_size",
-                        f"no tag label, and cluster {c} got no name from --naming {','.join(s.naming)}", cluster=c)
+def _collapse_duplicates(stage: StageRecords, rows: list[Row], feats: np.ndarray,
+                         threshold: float) -> tuple[list[Row], np.ndarray, list[str]]:
+    """Reject exact and near duplicates; returns the kept rows, their features and any warning."""
+    # the copy kept should carry a tag label when one does, so prefer those, then input order
+    preference = sorted(range(len(rows)), key=lambda i: (rows[i].tag is None, i))
+    dups = find_duplicates(feats, [r.key for r in rows], preference, threshold)
+    dropped = {d.index for d in dups}
+    for d in dups:
+        kept = rows[d.of]
+        how = "the same image bytes as" if d.exact else f"a near-duplicate (cosine {d.similarity:.4f}) of"
+        _reject(stage, rows[d.index], "duplicate", f"{how} {kept.id}", duplicate_of=kept.id,
+                similarity=d.similarity)
+    keep_idx = [i for i in range(len(rows)) if i not in dropped]
+    stage.extra["duplicates collapsed"] = len(dups)
+    warnings: list[str] = []
+    if len(dups) > 0.5 * (len(dups) + len(keep_idx)) and threshold <= 1:
+        warnings.append(f"warning: --dedupe-threshold {threshold} collapsed {len(dups)} of "
+                        f"{len(dups) + len(keep_idx)} images as near-duplicates; if they are not, this model "
+                        f"does not tell them apart at that threshold (raise it, or use real CLIP weights)")
+    return [rows[i] for i in keep_idx], feats[keep_idx], warnings
 
-        # 6. balance
-        plan = balance([final[i] for i in labelled], [rows[i].tag is not None for i in labelled],
-                       [float(clustering.distances[i]) for i in labelled], order, parse_target(s.balance_target),
-                       s.repeat, s.max_repeat, s.seed)
-        for j in plan.dropped:
-            i = labelled[j]
-            info = plan.per_shot[final[i]]
-            _reject(stage, rows[i], "balanced_out",
-                    f"{final[i]} has {info['before']} records, over the target of {plan.target}", shot_size=final[i])
-        repeats_of: dict[int, list[int]] = {}
-        for j, copy_number in plan.repeats:
-            repeats_of.setdefault(labelled[j], []).append(copy_number)
 
-        # 7. write, in input order, each record followed by its repeats
-        kept = sorted(labelled[j] for j in plan.keep)
-        outputs = []
-        for i in kept:
-            row = rows[i]
+def _cluster_rows(stage: StageRecords, rows: list[Row], feats: np.ndarray, s: ClusteringSettings,
+                  model_fingerprint: str) -> Clusters:
+    x, pca_info = reduce(feats, s.pca, s.seed)
+    if s.k is not None:
+        k, k_scores = s.k, {}
+    else:
+        k, k_scores = choose_k(x, s.k_range, s.seed)
+    clustering = run_kmeans(x, k, s.seed)
+    cid = clustering_id([r.key for r in rows], clustering.k, s.seed, s.pca, model_fingerprint)
+    stage.extra["clusters (k)"] = clustering.k
+    return Clusters(clustering, k_scores, pca_info, cid)
+
+
+def _naming_evidence(rows: list[Row], feats: np.ndarray, clusters: Clusters, s: ClusteringSettings, clip,
+                     vocab: Vocabulary) -> Naming:
+    """Name each cluster from the paths of --naming: hand labels, tag majority, zero-shot CLIP, estimator."""
+    tags = [r.tag for r in rows]
+    zero_shot_judge = ClipZeroShotJudge.from_clip(clip, vocab)
+    zero_shot = [g.shot_size for g in zero_shot_judge.judge_features(feats)]
+    estimates = guesses = None
+    if s.estimate or "estimator" in s.naming:
+        estimator = OpenCVShotEstimator(vocab, _read_bounds(s.estimator_bounds))
+        measurements = measure_rows(estimator, rows, Path(s.cache_dir))
+        guesses = [estimator.classify(m) for m in measurements]
+        estimates = [g.shot_size for g in guesses]
+    k = clusters.clustering.k
+    manual = load_manual_labels(Path(s.cluster_labels), vocab, k, clusters.id) if s.cluster_labels else None
+    names = name_clusters(clusters.clustering.labels, k, s.naming, tags, zero_shot, estimates, manual,
+                          s.min_purity, s.min_labelled)
+    return Naming(names, guesses, estimates)
+
+
+def _shot_sizes(stage: StageRecords, rows: list[Row], clustering: Clustering, names: list[ClusterName],
+                naming: tuple[str, ...]) -> tuple[list[str | None], list[int]]:
+    """Each row's shot size (its tag, else its cluster's name) and the rows that have one; rejects the rest."""
+    final: list[str | None] = [row.tag or names[clustering.labels[i]].label for i, row in enumerate(rows)]
+    labelled = [i for i, shot in enumerate(final) if shot]
+    for i, shot in enumerate(final):
+        if not shot:
             c = int(clustering.labels[i])
-            name = names[c]
-            term = vocab.get("shot_size", final[i])
-            out = dict(row.record)
-            out.update({
-                "shot_size": term.key,
-                "shot_size_tag": row.record.get("shot_size"),
-                "shot_size_source": "tag" if row.tag else name.source,
-                "shot_size_inferred": row.tag is None,
-                "cluster": c,
-                "cluster_distance": round(float(clustering.distances[i]), 5),
-                "cluster_label": name.label,
-                "cluster_label_source": name.source,
-                "cluster_purity": name.purity,
-                "clustering_id": cid,
-            })
-            if guesses is not None:
-                out["shot_size_estimate"] = guesses[i].shot_size
-                out["shot_size_estimate_score"] = round(guesses[i].score, 3)
-            out["text_before_trigger"] = row.record.get("text")
-            out["text"] = trigger_text(row.record.get("text"), term, vocab)
-            out["trigger_token"] = term.token
-            out["image_sha256"] = row.key
-            out["balance_copy"] = 0
-            outputs.append((out, repeats_of.get(i, [])))
-        # One type per field, so datasets' imagefolder loader reads the final set too.
-        stage.extra["fields made text (mixed types)"] = ", ".join(
-            harmonize_field_types([out for out, _ in outputs])) or "none"
-        for out, repeats in outputs:
-            stage.accept(out)
-            for n in repeats:
-                stage.accept({**out, "balance_copy": n}, repeat=True)
-        stage.extra["shot sizes from tags"] = sum(1 for i in kept if rows[i].tag)
-        stage.extra["shot sizes inferred"] = sum(1 for i in kept if not rows[i].tag)
-        stage.extra["repeats added"] = len(plan.repeats)
+            _reject(stage, rows[i], "no_shot_size",
+                    f"no tag label, and cluster {c} got no name from --naming {','.join(naming)}", cluster=c)
+    return final, labelled
 
-    # 8. agreement, report, gallery (after the output is safely in place)
-    tagged = [i for i, r in enumerate(rows) if r.tag]
-    agreement = evaluate([rows[i].tag for i in tagged], [names[clustering.labels[i]].label for i in tagged], order,
-                         "tag labels vs cluster labels") if tagged else None
-    est_agreement = evaluate([rows[i].tag for i in tagged], [estimates[i] for i in tagged], order,
-                             "tag labels vs OpenCV estimator") if tagged and estimates is not None else None
-    report.update({
-        "clustering_id": cid, "k": clustering.k, "k_scores": k_scores, "pca": pca_info, "naming": list(s.naming),
-        "clusters": [n.to_json() for n in names], "balance": {"target": plan.target, "per_shot": plan.per_shot},
+
+def _balance_shots(stage: StageRecords, rows: list[Row], final: list[str | None], labelled: list[int],
+                   clustering: Clustering, order: list[str],
+                   s: ClusteringSettings) -> tuple[BalancePlan, dict[int, list[int]]]:
+    """The balance plan over the labelled rows, rejecting what it leaves out; also each row's repeat
+    copy numbers (by row index)."""
+    plan = balance([final[i] for i in labelled], [rows[i].tag is not None for i in labelled],
+                   [float(clustering.distances[i]) for i in labelled], order, parse_target(s.balance_target),
+                   s.repeat, s.max_repeat, s.seed)
+    for j in plan.dropped:
+        i = labelled[j]
+        info = plan.per_shot[final[i]]
+        _reject(stage, rows[i], "balanced_out",
+                f"{final[i]} has {info['before']} records, over the target of {plan.target}", shot_size=final[i])
+    repeats_of: dict[int, list[int]] = {}
+    for j, copy_number in plan.repeats:
+        repeats_of.setdefault(labelled[j], []).append(copy_number)
+    return plan, repeats_of
+
+
+def _final_record(row: Row, term: Term, name: ClusterName, cluster: int, distance: float, cid: str,
+                  guess: ShotGuess | None, vocab: Vocabulary) -> dict:
+    """The output record: the input's fields plus the stage's (see the module doc)."""
+    out = dict(row.record)
+    out.update({
+        "shot_size": term.key,
+        "shot_size_tag": row.record.get("shot_size"),
+        "shot_size_source": "tag" if row.tag else name.source,
+        "shot_size_inferred": row.tag is None,
+        "cluster": cluster,
+        "cluster_distance": round(distance, 5),
+        "cluster_label": name.label,
+        "cluster_label_source": name.source,
+        "cluster_purity": name.purity,
+        "clustering_id": cid,
+    })
+    if guess is not None:
+        out["shot_size_estimate"] = guess.shot_size
+        out["shot_size_estimate_score"] = round(guess.score, 3)
+    out["text_before_trigger"] = row.record.get("text")
+    out["text"] = trigger_text(row.record.get("text"), term, vocab)
+    out["trigger_token"] = term.token
+    out["image_sha256"] = row.key
+    out["balance_copy"] = 0
+    return out
+
+
+def _write_records(stage: StageRecords, rows: list[Row], final: list[str | None], labelled: list[int],
+                   plan: BalancePlan, repeats_of: dict[int, list[int]], clusters: Clusters, naming: Naming,
+                   vocab: Vocabulary) -> None:
+    """Write the kept records in input order, each followed by its repeats."""
+    clustering = clusters.clustering
+    kept = sorted(labelled[j] for j in plan.keep)
+    outputs = []
+    for i in kept:
+        c = int(clustering.labels[i])
+        guess = naming.guesses[i] if naming.guesses is not None else None
+        out = _final_record(rows[i], vocab.get("shot_size", final[i]), naming.names[c], c,
+                            float(clustering.distances[i]), clusters.id, guess, vocab)
+        outputs.append((out, repeats_of.get(i, [])))
+    # One type per field, so datasets' imagefolder loader reads the final set too.
+    stage.extra["fields made text (mixed types)"] = ", ".join(
+        harmonize_field_types([out for out, _ in outputs])) or "none"
+    for out, repeats in outputs:
+        stage.accept(out)
+        for n in repeats:
+            stage.accept({**out, "balance_copy": n}, repeat=True)
+    stage.extra["shot sizes from tags"] = sum(1 for i in kept if rows[i].tag)
+    stage.extra["shot sizes inferred"] = sum(1 for i in kept if not rows[i].tag)
+    stage.extra["repeats added"] = len(plan.repeats)
+
+
+def _agreements(done: Clustered, order: list[str]) -> tuple[ShotEvaluation | None, ShotEvaluation | None]:
+    """How the tag labels agree with the cluster names and with the estimator (None without tags)."""
+    tagged = [i for i, r in enumerate(done.rows) if r.tag]
+    if not tagged:
+        return None, None
+    truth = [done.rows[i].tag for i in tagged]
+    labels = done.clusters.clustering.labels
+    agreement = evaluate(truth, [done.naming.names[labels[i]].label for i in tagged], order,
+                         "tag labels vs cluster labels")
+    estimates = done.naming.estimates
+    est_agreement = evaluate(truth, [estimates[i] for i in tagged], order,
+                             "tag labels vs OpenCV estimator") if estimates is not None else None
+    return agreement, est_agreement
+
+
+def _report(s: ClusteringSettings, inputs: Inputs, model_info, stage: StageRecords, done: Clustered,
+            agreement: ShotEvaluation | None, est_agreement: ShotEvaluation | None) -> dict[str, Any]:
+    clusters = done.clusters
+    report: dict[str, Any] = {
+        "input": str(inputs.input), "output": str(inputs.output), "model": model_info,
+        "clustering_id": clusters.id, "k": clusters.clustering.k, "k_scores": clusters.k_scores,
+        "pca": clusters.pca, "naming": list(s.naming), "clusters": [n.to_json() for n in done.naming.names],
+        "balance": {"target": done.plan.target, "per_shot": done.plan.per_shot},
         "agreement_tags_vs_clusters": agreement.to_json() if agreement else None,
         "agreement_tags_vs_estimator": est_agreement.to_json() if est_agreement else None,
         "summary": stage.summary(),
-    })
-    if estimates is not None:
+    }
+    if done.naming.guesses is not None:
         detectors: dict[str, int] = {}
-        for g in guesses:
+        for g in done.naming.guesses:
             detectors[g.source] = detectors.get(g.source, 0) + 1
         report["estimator_detectors"] = detectors
-    result = ClusteringResult(stage, clustering.k, k_scores, names, plan, agreement, est_agreement, None, None,
-                              warnings)
-    if cache.parts() and len(cache.parts()) > 16:
-        cache.compact()
-    if s.gallery_dir:
-        from .gallery import build_gallery
+    return report
 
-        gallery_dir = Path(s.gallery_dir)
-        report_path = gallery_dir / "clustering_report.json"
-        atomic_write_json(report_path, report)
-        atomic_write_json(gallery_dir / "cluster_labels.template.json", {
-            "_comment": "Name clusters by hand: set each cluster to a shot size (key or any spelling of the "
-                        "vocabulary, e.g. full, 풀샷), delete the ones to leave to the other paths, save as a new file "
-                        "and pass it with --cluster-labels. clustering_id ties it to this clustering.",
-            "clustering_id": cid,
-            "clusters": {str(n.cluster): n.label for n in names},
-        })
-        result.report = report_path
-        result.gallery = build_gallery(gallery_dir, s, vocab, rows, clustering, names, final, plan, labelled,
-                                       agreement, est_agreement, k_scores, feats, guesses, report)
-    return result
+
+def _write_report_and_gallery(gallery_dir: Path, s: ClusteringSettings, vocab: Vocabulary, done: Clustered,
+                              report: dict[str, Any], agreement: ShotEvaluation | None,
+                              est_agreement: ShotEvaluation | None) -> tuple[Path, Path]:
+    """The report, a template for naming clusters by hand, and the gallery page; returns the report's
+    and the gallery's paths."""
+    from .gallery import build_gallery
+
+    clusters = done.clusters
+    report_path = gallery_dir / "clustering_report.json"
+    atomic_write_json(report_path, report)
+    atomic_write_json(gallery_dir / "cluster_labels.template.json", {
+        "_comment": "Name clusters by hand: set each cluster to a shot size (key or any spelling of the "
+                    "vocabulary, e.g. full, 풀샷), delete the ones to leave to the other paths, save as a new file "
+                    "and pass it with --cluster-labels. clustering_id ties it to this clustering.",
+        "clustering_id": clusters.id,
+        "clusters": {str(n.cluster): n.label for n in done.naming.names},
+    })
+    gallery = build_gallery(gallery_dir, s, vocab, done.rows, clusters.clustering, done.naming.names, done.final,
+                            done.plan, done.labelled, agreement, est_agreement, clusters.k_scores, done.features,
+                            done.naming.guesses, report)
+    return report_path, gallery
 
 
 def _read_bounds(path: Path | None) -> dict[str, float] | None:
     if not path:
         return None
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise UserError(f"--estimator-bounds file not found: {path}") from None
-    except ValueError as exc:
-        raise UserError(f"--estimator-bounds {path} is not valid JSON ({exc})") from None
-    bounds = data.get("bounds", data) if isinstance(data, dict) else None
+    data = read_json_object(path, "--estimator-bounds file",
+                            holding="a JSON object mapping shot size keys to face-share numbers")
+    bounds = data.get("bounds", data)
     if not isinstance(bounds, dict) or not all(isinstance(v, (int, float)) for v in bounds.values()):
         raise UserError(f"--estimator-bounds {path} must map shot size keys to face-share numbers")
     return {str(k): float(v) for k, v in bounds.items()}

@@ -156,9 +156,9 @@ def load_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def read_json_object(path: str | os.PathLike, what: str) -> dict:
+def read_json_object(path: str | os.PathLike, what: str, holding: str = "a JSON object") -> dict:
     """A JSON object a user hands us (a config, a labels file); any problem is one ``UserError`` line
-    naming ``what`` and the path."""
+    naming ``what`` and the path. ``holding`` says what the file should hold when it is not an object."""
     from .cli import UserError
 
     path = Path(path)
@@ -169,7 +169,7 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{what} {path} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
-        raise UserError(f"{what} {path} must hold a JSON object")
+        raise UserError(f"{what} {path} must hold {holding}")
     return value
 
 

@@ -28,7 +28,6 @@ generator's ground truth (or ``--composites N`` on real faces composited at know
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 
 from .cli import UserError, format_table, progress, run_main
+from .records import read_json_object
 from .vocabulary import Vocabulary, load_vocabulary
 
 # Typical frame height of each shot size in head heights (top of the head to the chin), from the
@@ -505,10 +505,7 @@ def load_ground_truth(root: Path) -> list[tuple[Path, dict]]:
     truth_file = root / "ground_truth.json"
     if not truth_file.is_file():
         raise UserError(f"{root} holds no ground_truth.json (make one with python -m storyboard.sample_data --out {root})")
-    try:
-        truth = json.loads(truth_file.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UserError(f"{truth_file} is not valid JSON ({exc})") from None
+    truth = read_json_object(truth_file, "ground truth file")
     items = []
     for rel, info in (truth.get("images") or {}).items():
         if not isinstance(info, dict) or not info.get("shot_size"):

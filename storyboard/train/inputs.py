@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import UserError
-from ..records import RecordError, read_jsonl, resolve_under
+from ..records import RecordError, read_json_object, read_jsonl, resolve_under
 
 # The pipelines whose folders hold one UNet, one VAE and one CLIP text encoder: SD 1.x / 2.x.
 SD_PIPELINES = {
@@ -32,18 +32,6 @@ class BaseModelInfo:
     sample_size: int | None
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{what}: {path} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{what}: {path} is not readable JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{what}: {path} does not hold a JSON object")
-    return value
-
-
 def check_base_model(path: str | os.PathLike) -> BaseModelInfo:
     """Refuse anything that is not a local SD 1.x/2.x diffusers folder; return what training needs."""
     folder = Path(path).expanduser()
@@ -56,7 +44,7 @@ def check_base_model(path: str | os.PathLike) -> BaseModelInfo:
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise UserError(f"{flag} {path} is not a diffusers Stable Diffusion folder (no model_index.json)")
-    index = _read_json(index_path, flag)
+    index = read_json_object(index_path, f"{flag} file")
     cls = str(index.get("_class_name", ""))
     if cls in SDXL_PIPELINES or "text_encoder_2" in index:
         raise UserError(f"{flag} {path} is an SDXL model ({cls}); this trainer handles SD 1.x / 2.x for now")
@@ -72,9 +60,9 @@ def check_base_model(path: str | os.PathLike) -> BaseModelInfo:
     tokenizer_files = {p.name for p in (folder / "tokenizer").iterdir()}
     if not ({"vocab.json", "merges.txt"} <= tokenizer_files or "tokenizer.json" in tokenizer_files):
         raise UserError(f"{flag} {path}: tokenizer/ holds neither vocab.json + merges.txt nor tokenizer.json")
-    unet = _read_json(folder / "unet" / "config.json", flag)
-    text = _read_json(folder / "text_encoder" / "config.json", flag)
-    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json", flag)
+    unet = read_json_object(folder / "unet" / "config.json", f"{flag} file")
+    text = read_json_object(folder / "text_encoder" / "config.json", f"{flag} file")
+    scheduler = read_json_object(folder / "scheduler" / "scheduler_config.json", f"{flag} file")
     cross = unet.get("cross_attention_dim")
     hidden = text.get("hidden_size")
     if not isinstance(cross, int) or cross != hidden:
