@@ -168,7 +168,7 @@ def main(argv=None) -> int:
         with torch.inference_mode(), autocast:  # warm-up (kernels, allocator, thread pools)
             model.encode_image(batches[0][:2].to(device))
         def label(n: int) -> str:
-            return f"{n} decode worker process{'es' if n > 1 else ''}" if n else "1 decode thread"
+            return f"{n} decode worker process{'es' if n > 1 else ''}" if n else f"{os.cpu_count()} decode threads"
 
         variants = {
             "bare encode_image loop (pre-decoded tensors)": bare,

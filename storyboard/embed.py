@@ -506,11 +506,15 @@ def _worker_init(_):
     torch.set_num_threads(1)
 
 
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers(device) -> int:
     """Decoding worker processes: several on a GPU (the CPU is free to decode while the GPU encodes);
-    on a CPU, none up to 8 cores (one decoding thread instead: measured on 2 cores, a worker process
+    on a CPU, none up to 8 cores (decoding threads instead: measured on 2 cores, a worker process
     competing with torch's threads costs more than it overlaps), then one per 8 cores."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = _cpu_count()
     if getattr(device, "type", str(device)) == "cuda":
         return max(1, min(8, cpus - 1))
     return 0 if cpus <= 8 else min(4, cpus // 8)
@@ -534,23 +538,30 @@ class EmbedBatch:
     failed: list[tuple[int, tuple[str, str]]]  # (index, (reason, detail))
 
 
-def _thread_loader(dataset: "_ImageFiles", batches: list[list[int]], ahead: int = 2):
-    """The DataLoader's job in one background thread of this process: decoding (which releases the
-    GIL) overlaps encoding without a second process competing with torch's threads for the cores."""
+def _thread_loader(dataset: "_ImageFiles", batches: list[list[int]], ahead: int = 2, threads: int = 2):
+    """The DataLoader's job in background threads of this process: decoding (which releases the GIL)
+    overlaps encoding without another process competing with torch's threads for the cores. Images
+    are decoded one per task on ``threads`` threads, so while the encoder waits for a batch every
+    core decodes (one thread left a core idle then: PNG 65 % -> 71 % of the bare loop on 2 cores)."""
     from collections import deque
 
-    pool = ThreadPoolExecutor(max_workers=1)
+    pool = ThreadPoolExecutor(max_workers=max(1, threads))
     pending: deque = deque()
+
+    def collated(futures):
+        return _collate([f.result() for f in futures])
+
     try:
         for batch in batches:
-            pending.append(pool.submit(lambda b=batch: _collate([dataset[i] for i in b])))
+            pending.append([pool.submit(dataset.__getitem__, i) for i in batch])
             if len(pending) > ahead:
-                yield pending.popleft().result()
+                yield collated(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield collated(pending.popleft())
     finally:
-        for future in pending:
-            future.cancel()
+        for futures in pending:
+            for future in futures:
+                future.cancel()
         pool.shutdown(wait=True)
 
 
@@ -573,7 +584,7 @@ def iter_embeddings(clip: ClipModel, paths: Sequence[Path], batch_size: int = 64
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
                             pin_memory=cuda, worker_init_fn=_worker_init, prefetch_factor=4, persistent_workers=False)
     else:
-        loader = _thread_loader(dataset, batches)
+        loader = _thread_loader(dataset, batches, threads=_cpu_count())
     autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else _null()
     bar = progress(range(len(paths)), desc=desc, total=len(paths), unit="img")
     bar_iter = getattr(bar, "update", None)
