@@ -292,6 +292,9 @@ def measure(base: Path, data: Path, work: Path, run: dict, warmup: int, env: dic
                          f"{speedup:.2f}x" if speedup else "", f"{mem:.2f}"))
             results.append({"config": label, "batch": batch, "precision": precision, **r,
                             "speedup_vs_baseline": speedup})
+            # Each figure as soon as it exists: a run cut short (a GPU lease's time limit) keeps them.
+            print(f"  {label}, batch {batch}: {r['images_per_s']:.3f} images/s"
+                  f"{f', {speedup:.2f}x the baseline' if speedup else ''}, peak {mem:.2f} GiB", file=sys.stderr, flush=True)
     return rows, results
 
 
