@@ -13,7 +13,7 @@ Loading (``load_clip``), in the forms a user has on disk, never downloading:
   ``open_clip.add_model_config`` (its file stem becomes the name), then the checkpoint as above.
 
 Embedding (``iter_embeddings``): the next batches are decoded and preprocessed while the model encodes
-this one (torch ``DataLoader`` worker processes on a GPU; one decoding thread on a CPU, where worker
+this one (torch ``DataLoader`` worker processes on a GPU; decoding threads (one per core) on a CPU, where worker
 processes compete with torch's own threads: see bench/bench_embed.py); batched (the first batches
 small, so the model starts at once), normalised, fp16 autocast on a GPU. When the
 model's input is much smaller than the file, JPEGs are decoded at reduced size (libjpeg's DCT scaling,
@@ -569,7 +569,7 @@ def iter_embeddings(clip: ClipModel, paths: Sequence[Path], batch_size: int = 64
                     fast_decode: bool = True, desc: str = "embedding") -> Iterator[EmbedBatch]:
     """Embed ``paths`` in batches, decoding the next batches while the model encodes this one; yields
     as it goes. ``workers`` > 0: that many DataLoader worker processes decode (a GPU, or many cores);
-    0: one decoding thread in this process (a few CPU cores, where worker processes would compete
+    0: decoding threads in this process, one per core (a few CPU cores, where worker processes would compete
     with the encoder's threads); None: chosen by device (``default_workers``)."""
     import torch
     from torch.utils.data import DataLoader
