@@ -59,7 +59,7 @@ REPORT_TO="none"              # none | tensorboard | wandb (wandb reads WANDB_AP
 ACCELERATE="${ACCELERATE:-accelerate}"
 # Extra `accelerate launch` flags. Empty: your `accelerate config` if you made one, else one process
 # (CPU, or all GPUs of this machine). Examples: (--num_processes 1)  (--cpu)
-# (--multi_gpu --num_processes 4)  (--mixed_precision bf16). From the environment:
+# (--multi_gpu --num_processes 4)  (--mixed_precision bf16)  (--dynamo_backend inductor: torch.compile). From the environment:
 # ACCELERATE_LAUNCH_ARGS="--multi_gpu --num_processes 2" bash shot_trigger_train.sh ...
 read -r -a ACCELERATE_ARGS <<< "${ACCELERATE_LAUNCH_ARGS:-}"
 
