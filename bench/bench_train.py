@@ -244,6 +244,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true",
                         help="smoke run: storyboard.tiny's toy model at 64 px, every configuration (seconds)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON (default %(default)s)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also ours under torch.compile (accelerate's dynamo backend 'inductor'); each such run "
+                             "first pays the compilation (minutes for SD1.5)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--base", "--data", "--batch", "--resolution"):
         parser.add_argument(name, help=argparse.SUPPRESS)
@@ -264,9 +267,11 @@ def plan(args, gpu: bool) -> dict:
         print("bench_train.py: error: --precision fp16 needs a CUDA GPU; use bf16 or no on the CPU", file=sys.stderr)
         raise SystemExit(2)
     # The GPU set has a gradient-checkpointing row; --tiny runs it everywhere so that path is exercised.
-    configs = [("baseline (diffusers example)", None), ("ours", False)]
+    configs = [("baseline (diffusers example)", None, False), ("ours", False, False)]
     if gpu or args.tiny:
-        configs.append(("ours + gradient checkpointing", True))
+        configs.append(("ours + gradient checkpointing", True, False))
+    if args.compile:
+        configs.append(("ours + torch.compile", False, True))
     return {"precision": precision, "configs": configs,
             "resolution": TINY_RESOLUTION if args.tiny else RESOLUTION,
             "batches": args.batch_sizes or ([2] if args.tiny else [1, 4] if gpu else [1]),
@@ -279,13 +284,16 @@ def measure(base: Path, data: Path, work: Path, run: dict, warmup: int, env: dic
     precision, steps, resolution = run["precision"], run["steps"], run["resolution"]
     for batch in run["batches"]:
         base_result = None
-        for label, checkpointing in run["configs"]:
+        for label, checkpointing, compiled in run["configs"]:
             print(f"batch {batch}: {label} ...", file=sys.stderr)
             if checkpointing is None:
                 r = run_baseline(base, data, batch, steps, precision, warmup, env, resolution)
                 base_result = r
             else:
-                r = ours(base, data, work / "out", batch, steps, precision, checkpointing, env, resolution)
+                # accelerate compiles the models in prepare() when this is set (what `accelerate launch
+                # --dynamo_backend inductor` sets); images/s counts from step 2, after the compilation.
+                r = ours(base, data, work / "out", batch, steps, precision, checkpointing,
+                         dict(env, ACCELERATE_DYNAMO_BACKEND="inductor") if compiled else env, resolution)
             speedup = r["images_per_s"] / base_result["images_per_s"] if base_result else None
             mem = r["peak_memory_bytes"] / 2**30
             rows.append((label, batch, precision, f"{r['images_per_s']:.3f}",
