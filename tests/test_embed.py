@@ -170,3 +170,35 @@ def test_parse_shard():
     for bad in ("4/4", "x", "1-4", "0/0"):
         with pytest.raises(UserError):
             parse_shard(bad)
+
+
+class _SlowDataset:
+    """Items that finish out of order (later indices sooner), some failing: what threads can reorder."""
+
+    def __init__(self, n: int, bad: set[int]):
+        self.n, self.bad = n, bad
+
+    def __getitem__(self, i: int):
+        import time
+
+        time.sleep(0.002 * ((self.n - i) % 5))
+        if i in self.bad:
+            return i, None, ("unreadable_image", f"item {i}")
+        return i, torch.full((1, 2), float(i)), None
+
+
+@pytest.mark.parametrize("threads,ahead", [(1, 2), (2, 2), (3, 0), (4, 5)])
+def test_thread_loader_keeps_batch_order_and_failures(threads, ahead):
+    from storyboard.embed import _thread_loader, ramp_batches
+
+    n, bad = 23, {0, 7, 22}
+    batches = ramp_batches(n, 8)
+    seen_ok, seen_failed = [], []
+    for batch, (indices, tensor, failed) in zip(batches, _thread_loader(_SlowDataset(n, bad), batches, ahead, threads)):
+        assert indices == [i for i in batch if i not in bad]  # each batch whole, in order
+        assert [i for i, _ in failed] == [i for i in batch if i in bad]
+        if indices:
+            assert tensor[:, 0, 0].tolist() == [float(i) for i in indices]  # tensors match their indices
+        seen_ok += indices
+        seen_failed += [i for i, _ in failed]
+    assert sorted(seen_ok + seen_failed) == list(range(n)) and set(seen_failed) == bad
