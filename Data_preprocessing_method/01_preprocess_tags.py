@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 
-from storyboard.cli import add_vocabulary_arguments, run_main  # noqa: E402
+from storyboard.cli import add_jsonl_stage_arguments, add_vocabulary_arguments, run_main  # noqa: E402
 
 INPUT = "metadata_raw.jsonl"  # written by Dataset_collect_title_method/collect_title_matches.py
 OUTPUT = "metadata_clean.jsonl"  # read by 02_translate.py
@@ -27,10 +27,7 @@ REJECTS = None  # None = beside the output, as metadata_clean.rejects.jsonl
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--input", type=Path, default=Path(INPUT), help="JSONL from collect_title_matches.py")
-    parser.add_argument("--output", type=Path, default=Path(OUTPUT), help="output JSONL")
-    parser.add_argument("--rejects", type=Path, default=Path(REJECTS) if REJECTS else None,
-                        help="rejects JSONL (default: <output>.rejects.jsonl)")
+    add_jsonl_stage_arguments(parser, INPUT, OUTPUT, REJECTS, input_help="JSONL from collect_title_matches.py")
     add_vocabulary_arguments(parser)
     return parser
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 
-from storyboard.cli import add_vocabulary_arguments, run_main  # noqa: E402
+from storyboard.cli import add_jsonl_stage_arguments, add_vocabulary_arguments, run_main  # noqa: E402
 
 INPUT = "metadata_clean.jsonl"  # written by 01_preprocess_tags.py
 OUTPUT = "metadata_translated.jsonl"  # read by 03_finalize_dataset.py
@@ -40,10 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--input", type=Path, default=Path(INPUT), help="JSONL from 01_preprocess_tags.py")
-    parser.add_argument("--output", type=Path, default=Path(OUTPUT), help="output JSONL")
-    parser.add_argument("--rejects", type=Path, default=Path(REJECTS) if REJECTS else None,
-                        help="rejects JSONL (default: <output>.rejects.jsonl)")
+    add_jsonl_stage_arguments(parser, INPUT, OUTPUT, REJECTS, input_help="JSONL from 01_preprocess_tags.py")
     group = parser.add_argument_group("translation backend")
     group.add_argument("--backend", choices=BACKENDS, default=BACKEND,
                        help="how free text is translated (shot/angle/location words always come from the vocabulary)")

@@ -54,6 +54,15 @@ def existing_path(kind: str = "path") -> Callable[[str], Path]:
     return check
 
 
+def add_jsonl_stage_arguments(parser: argparse.ArgumentParser, input_default: str, output_default: str,
+                              rejects_default: str | None, input_help: str) -> None:
+    """--input / --output / --rejects of a JSONL -> JSONL stage (defaults: the front door's constants)."""
+    parser.add_argument("--input", type=Path, default=Path(input_default), help=input_help)
+    parser.add_argument("--output", type=Path, default=Path(output_default), help="output JSONL")
+    parser.add_argument("--rejects", type=Path, default=Path(rejects_default) if rejects_default else None,
+                        help="rejects JSONL (default: <output>.rejects.jsonl)")
+
+
 def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("shot vocabulary")
     group.add_argument(
