@@ -108,7 +108,8 @@ def resolve_trigger_specs(new_tokens: str | Sequence[str] | None, initializers: 
             listed = ", ".join(known) or "none"
             raise UserError(
                 "no trigger token to train: --new_tokens is empty and no caption holds a vocabulary trigger "
-                f"({listed}); name the tokens with --new_tokens")
+                f"({listed}); run Dataset_clustering_method/run_clip_clustering.py first (it writes the captions with "
+                "their trigger first), or name the tokens with --new_tokens")
     for token in tokens:
         if not TOKEN_PATTERN.fullmatch(token):
             raise UserError(f"--new_tokens: {token!r} is not a token like <fs_trg> (angle brackets, no spaces or commas)")
