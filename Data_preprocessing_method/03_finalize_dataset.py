@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from storyboard.clustering_stage import is_balanced_set
     from storyboard.finalize import FinalizeSettings, finalize_dataset, parse_shard
 
     args = build_parser().parse_args(argv)
@@ -78,9 +79,15 @@ def main(argv=None) -> int:
                                 inpaint=args.inpaint, image_format=args.image_format, quality=args.quality,
                                 max_pixels=args.max_pixels)
     config = {"image_root": str(args.image_root), "metadata": str(args.metadata), "out": str(args.out)}
+    shard = parse_shard(args.shard)
+    # Re-running this stage after clustering replaces the balanced set that training reads.
+    replacing_balanced = not shard and is_balanced_set(Path(args.out) / "metadata.jsonl")
     stage = finalize_dataset(args.metadata, args.image_root, args.out, settings, workers=workers,
-                             shard=parse_shard(args.shard), config=config)
+                             shard=shard, config=config)
     print(stage.summary_table())
+    if replacing_balanced:
+        print(f"note: this replaced the balanced set that run_clip_clustering.py had written in {args.out}; "
+              "run Dataset_clustering_method/run_clip_clustering.py again before training")
     return 0
 
 

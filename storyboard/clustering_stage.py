@@ -113,6 +113,12 @@ def first_record(path: Path) -> dict | None:
     return None
 
 
+def is_balanced_set(path: Path) -> bool:
+    """Whether ``path`` is this stage's output (the balanced set with trigger captions)."""
+    first = first_record(path) if path.is_file() else None
+    return first is not None and OWN_MARKER in first
+
+
 def has_lines(path: Path) -> bool:
     return any(True for _ in read_jsonl(path))
 
@@ -130,8 +136,7 @@ def plan_inputs(s: ClusteringSettings) -> Inputs:
             raise UserError(f"--input {source} holds no records; nothing was written")
         return Inputs(source, root, output, None)
     if output.is_file() and has_lines(output):
-        first = first_record(output)
-        if first is not None and OWN_MARKER in first:
+        if is_balanced_set(output):
             if not prebalance.is_file():
                 raise UserError(f"{output} is already this stage's output and its input copy {prebalance} is missing: "
                                 f"re-run 03_finalize_dataset.py, or pass --input")

@@ -270,3 +270,21 @@ def test_names_and_shards():
     assert safe_name("a/b", taken).startswith("a_b-")
     assert safe_name("장면 1", taken).startswith("장면_1-")
     assert parse_shard("1/4") == (1, 4) and parse_shard(None) is None
+
+
+def test_a_rerun_over_the_balanced_set_says_clustering_must_run_again(sample_data, tmp_path):
+    from storyboard.clustering_stage import OWN_MARKER, is_balanced_set
+
+    write_metadata(sample_data, tmp_path / "meta.jsonl", limit=2, broken=False)
+    out = tmp_path / "Dataset_fin"
+    args = ("--image-root", sample_data / "images", "--metadata", tmp_path / "meta.jsonl", "--out", out,
+            "--size", 64, "--workers", 1)
+    first = run_script(*args, cwd=tmp_path)
+    assert "run_clip_clustering.py again" not in first.stdout and not is_balanced_set(out / "metadata.jsonl")
+    # What the clustering stage leaves: the same records, marked as its own.
+    balanced = [{**r, OWN_MARKER: "tag"} for r in load_jsonl(out / "metadata.jsonl")]
+    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in balanced), encoding="utf-8")
+    assert is_balanced_set(out / "metadata.jsonl")
+    again = run_script(*args, cwd=tmp_path)
+    assert "run Dataset_clustering_method/run_clip_clustering.py again before training" in again.stdout
+    assert not is_balanced_set(out / "metadata.jsonl")  # replaced by this stage's own records
