@@ -542,7 +542,7 @@ def _thread_loader(dataset: "_ImageFiles", batches: list[list[int]], ahead: int 
     """The DataLoader's job in background threads of this process: decoding (which releases the GIL)
     overlaps encoding without another process competing with torch's threads for the cores. Images
     are decoded one per task on ``threads`` threads, so while the encoder waits for a batch every
-    core decodes (one thread left a core idle then: PNG 65 % -> 71 % of the bare loop on 2 cores)."""
+    core decodes (one thread left a core idle then: PNG 65 % -> 66-71 % of the bare loop on 2 cores)."""
     from collections import deque
 
     pool = ThreadPoolExecutor(max_workers=max(1, threads))
