@@ -154,7 +154,7 @@ def prepare_models(work: Path, tiny: bool, seed: int) -> tuple[Path, Path]:
     if tiny:
         base, ckpt = build_tiny_sd(work / "tiny_sd", seed), work / "tiny_train_bench"
     else:
-        base, ckpt = build_random_sd15(work / "model_sd", seed), work / "train_bench"
+        base, ckpt = build_random_sd15(work / "sd15_random", seed), work / "train_bench"
     if not (ckpt / "trigger_manifest.json").is_file():
         build_checkpoint(base, ckpt, seed)
     print(f"{'tiny model' if tiny else 'random SD1.5'} + trigger checkpoint ready in "

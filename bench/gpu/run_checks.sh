@@ -52,9 +52,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
   tail -n 25 "$OUT/$name.log"
 }
 
-WORK=/tmp/storyboard_gpu
-step bench_train "$T_TRAIN" "$PY" bench/bench_train.py --work "$WORK/train"
-step bench_inference "$T_INFER" "$PY" bench/bench_inference.py --full --work "$WORK/infer"
+WORK=/tmp/storyboard_gpu   # one folder for both: bench_inference reuses the random SD1.5 bench_train built
+step bench_train "$T_TRAIN" "$PY" bench/bench_train.py --work "$WORK"
+step bench_inference "$T_INFER" "$PY" bench/bench_inference.py --full --work "$WORK"
 step bench_embed "$T_EMBED" bash -c "'$PY' bench/bench_embed.py --device $DEVICE --images $EMBED_IMAGES --batch-size 256 --format png --repeats 1 --checkpoint openai \
   --out bench/results/bench_embed_gpu_png.json && '$PY' bench/bench_embed.py --device $DEVICE --images $EMBED_IMAGES \
   --batch-size 256 --format jpg --repeats 1 --out bench/results/bench_embed_gpu_jpg.json"
