@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     import torch
 
     from storyboard.cli import format_table
-    from storyboard.embed import (ClipModel, _device, _ImageFiles, default_workers, iter_embeddings, load_clip,
+    from storyboard.embed import (ClipModel, _cpu_count, _device, _ImageFiles, default_workers, iter_embeddings, load_clip,
                                  open_for_embedding, quiet_open_clip)
 
     device = _device(args.device)
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
         with torch.inference_mode(), autocast:  # warm-up (kernels, allocator, thread pools)
             model.encode_image(batches[0][:2].to(device))
         def label(n: int) -> str:
-            return f"{n} decode worker process{'es' if n > 1 else ''}" if n else f"{os.cpu_count()} decode threads"
+            return f"{n} decode worker process{'es' if n > 1 else ''}" if n else f"{_cpu_count()} decode threads"
 
         variants = {
             "bare encode_image loop (pre-decoded tensors)": bare,
