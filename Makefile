@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lint clean
 
 setup: $(STAMP)
 
@@ -17,9 +17,15 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m storyboard.demo
+	$(PY) -m storyboard.devkit.demo
 
-test: setup
+# ruff (style, imports at the top) and import-linter (layers, no cycles, no devkit in the product):
+# both configured in pyproject.toml; `make test` fails when either fails.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: setup lint
 	STORYBOARD_NO_PROGRESS=1 $(PY) -m pytest -q
 
 clean:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
-from storyboard.cli import add_vocabulary_arguments, run_main  # noqa: E402
+from storyboard.core.cli import add_vocabulary_arguments, run_main  # noqa: E402
 
 BASE_MODEL = Path("./model_sd")  # the base Stable Diffusion diffusers folder the checkpoint was trained on
 CHECKPOINT = Path("./model_sd_weight/train_fs")  # the training output folder (LoRA + embeddings/ + manifest)
@@ -31,7 +31,7 @@ SEED = 0  # seed of the first image; image n of a prompt uses SEED + n
 
 
 def main(argv=None) -> int:
-    from storyboard.generate import add_model_arguments, add_sampling_arguments, run_inference
+    from storyboard.inference.generate import add_model_arguments, add_sampling_arguments, run_inference
 
     parser = argparse.ArgumentParser(prog="inference_trigger.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

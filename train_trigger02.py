@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
-from storyboard.cli import run_main  # noqa: E402
+from storyboard.core.cli import run_main  # noqa: E402
 
 PRETRAINED_MODEL = "./model_sd"  # base Stable Diffusion diffusers folder
 TRAIN_DATA_DIR = "./Dataset_fin"  # images + metadata.jsonl (file_name, text starting with a trigger token)

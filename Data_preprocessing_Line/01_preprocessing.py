@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 import os  # noqa: E402
 
-from storyboard.cli import UserError, run_main  # noqa: E402
+from storyboard.core.cli import UserError, run_main  # noqa: E402
 
 DATA_DIR = "../Dataset_fin"  # the finalized data set (file_name paths are relative to it)
 METADATA = None  # None = <data-dir>/metadata.jsonl
@@ -46,7 +46,7 @@ WORKERS = None  # processes for xdog / canny; None = one per CPU core
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from storyboard.lineart import BACKENDS, DEFAULT_NEGATIVE, DEFAULT_PROMPT, DETECTORS
+    from storyboard.images.lineart import BACKENDS, DEFAULT_NEGATIVE, DEFAULT_PROMPT, DETECTORS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from storyboard.lineart import LineartSettings
-    from storyboard.lineart_stage import run_lineart
+    from storyboard.images.lineart import LineartSettings
+    from storyboard.images.lineart_stage import run_lineart
 
     args = build_parser().parse_args(argv)
     metadata = args.metadata or args.data_dir / "metadata.jsonl"

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 
-from storyboard.cli import UserError, run_main  # noqa: E402
+from storyboard.core.cli import UserError, run_main  # noqa: E402
 
 DATA_DIR = "../Dataset_fin"  # the finalized data set
 IMAGE_ROOT = None  # the originals (03_finalize_dataset.py's --image-root); None = no original column
@@ -27,7 +27,7 @@ SEED = 0  # which records
 
 
 def main(argv=None) -> int:
-    from storyboard.contact_sheet import write_contact_sheet
+    from storyboard.images.contact_sheet import write_contact_sheet
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 
-from storyboard.cli import add_jsonl_stage_arguments, add_vocabulary_arguments, run_main  # noqa: E402
+from storyboard.core.cli import add_jsonl_stage_arguments, add_vocabulary_arguments, run_main  # noqa: E402
 
 INPUT = "metadata_clean.jsonl"  # written by 01_preprocess_tags.py
 OUTPUT = "metadata_translated.jsonl"  # read by 03_finalize_dataset.py
@@ -36,7 +36,7 @@ CACHE = None  # None = translation_cache.jsonl beside the output
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from storyboard.translate import BACKENDS, CACHE_NAME
+    from storyboard.metadata.translate import BACKENDS, CACHE_NAME
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from storyboard.translate import CACHE_NAME, TranslationCache, make_translator, translate_records
-    from storyboard.vocabulary import load_vocabulary
+    from storyboard.metadata.translate import CACHE_NAME, TranslationCache, make_translator, translate_records
+    from storyboard.core.vocabulary import load_vocabulary
 
     args = build_parser().parse_args(argv)
     vocabulary = load_vocabulary(args.vocabulary)

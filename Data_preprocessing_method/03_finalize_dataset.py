@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 import os  # noqa: E402
 
-from storyboard.cli import UserError, run_main  # noqa: E402
+from storyboard.core.cli import UserError, run_main  # noqa: E402
 
 IMAGE_ROOT = None  # folder the records' "image" paths are relative to (required: the seed passes it)
 METADATA = "metadata_translated.jsonl"  # written by 02_translate.py
@@ -37,9 +37,9 @@ MAX_PIXELS = 89_478_485  # larger images are rejected as decompression bombs (Pi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from storyboard.bubbles import INPAINT_METHODS
-    from storyboard.finalize import IMAGE_FORMATS
-    from storyboard.squares import FITS, PAD_FILLS
+    from storyboard.images.bubbles import INPAINT_METHODS
+    from storyboard.images.finalize import IMAGE_FORMATS
+    from storyboard.images.squares import FITS, PAD_FILLS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from storyboard.clustering_stage import is_balanced_set
-    from storyboard.finalize import FinalizeSettings, finalize_dataset, parse_shard
+    from storyboard.clustering.stage import is_balanced_set
+    from storyboard.images.finalize import FinalizeSettings, finalize_dataset, parse_shard
 
     args = build_parser().parse_args(argv)
     if args.image_root is None:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 
-from storyboard.cli import add_vocabulary_arguments, run_main  # noqa: E402
+from storyboard.core.cli import add_vocabulary_arguments, run_main  # noqa: E402
 
 # Paths are relative to the project root (the folder holding Dataset_fin/); run from inside
 # Dataset_clustering_method/ they are taken from its parent instead.
@@ -51,7 +51,7 @@ def _root() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from storyboard.embed import add_clip_arguments
+    from storyboard.clustering.embed import add_clip_arguments
 
     root = _root()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     nm.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=True,
                     help="run the OpenCV shot-size estimator on every image (cached)")
     nm.add_argument("--estimator-bounds", type=Path, default=None,
-                    help="JSON of face-share bounds per shot size (e.g. fitted_bounds from storyboard.shots)")
+                    help="JSON of face-share bounds per shot size (e.g. fitted_bounds from storyboard.clustering.shots)")
     bal = parser.add_argument_group("balancing")
     bal.add_argument("--balance-target", default=BALANCE_TARGET, help="per shot size: N, min, median, max or none")
     bal.add_argument("--repeat", action=argparse.BooleanOptionalAction, default=REPEAT,
@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from storyboard.cluster import parse_k_range, parse_naming
-    from storyboard.clustering_stage import ClusteringSettings, run_clip_clustering
-    from storyboard.embed import merge_caches
+    from storyboard.clustering.cluster import parse_k_range, parse_naming
+    from storyboard.clustering.stage import ClusteringSettings, run_clip_clustering
+    from storyboard.clustering.embed import merge_caches
 
     if args.merge_caches:
         print(merge_caches(args.merge_caches, args.cache_dir).table())

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 
-from storyboard.cli import run_main  # noqa: E402
+from storyboard.core.cli import run_main  # noqa: E402
 
 INPUT = ["raw"]  # raw crawl JSONL files, or folders of them (every *.jsonl inside, sorted)
 IMAGE_ROOT = "images"  # the folder the records' "image" paths are relative to
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from storyboard.collect import CollectConfig, collect
+    from storyboard.metadata.collect import CollectConfig, collect
 
     args = build_parser().parse_args(argv)
     stage = collect(CollectConfig(

@@ -28,8 +28,8 @@ def score_set(root: Path) -> dict:
     import numpy as np
     from PIL import Image
 
-    from storyboard.bubbles import bubble_scores, detect_bubbles
-    from storyboard.imageio import load_rgb
+    from storyboard.images.bubbles import bubble_scores, detect_bubbles
+    from storyboard.core.imageio import load_rgb
 
     truth = json.loads((root / "ground_truth.json").read_text(encoding="utf-8"))
     images, styles, seconds = [], defaultdict(list), 0.0
@@ -86,8 +86,8 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from storyboard.cli import format_table
-    from storyboard.sample_data import generate
+    from storyboard.core.cli import format_table
+    from storyboard.devkit.sample_data import generate
 
     with tempfile.TemporaryDirectory(prefix="bench-bubbles-") as scratch:
         roots = list(args.sample_data or [])

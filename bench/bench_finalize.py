@@ -61,7 +61,7 @@ def bare_loop(files: list[Path], out: Path, size: int, workers: int) -> float:
 
 
 def stage(metadata: Path, root: Path, out: Path, size: int, workers: int, bubbles: bool) -> float:
-    from storyboard.finalize import FinalizeSettings, finalize_dataset
+    from storyboard.images.finalize import FinalizeSettings, finalize_dataset
 
     start = time.perf_counter()
     finalize_dataset(metadata, root, out, FinalizeSettings(size=size, bubbles=bubbles), workers=workers)
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("STORYBOARD_NO_PROGRESS", "1")
 
-    from storyboard.cli import format_table
-    from storyboard.sample_data import generate
+    from storyboard.core.cli import format_table
+    from storyboard.devkit.sample_data import generate
 
     with tempfile.TemporaryDirectory(prefix="bench-finalize-") as scratch:
         scratch = Path(scratch)

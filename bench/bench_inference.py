@@ -4,19 +4,19 @@ with the same LoRA loaded unfused, on the full-size Stable Diffusion 1.5 archite
     python bench/bench_inference.py                       # CPU: 512 px, 2 steps, 1 image (slow: minutes)
     python bench/bench_inference.py --full                # GPU: 512 px, 30 steps, 8 images, fp16
     python bench/bench_inference.py --full --compile      # + torch.compile on our side
-    python bench/bench_inference.py --tiny [--dtype bf16]  # smoke run (seconds, any machine): storyboard.tiny's
+    python bench/bench_inference.py --tiny [--dtype bf16]  # smoke run (seconds, any machine): storyboard.devkit.tiny's
                                                           #   toy model, 64 px; proves the bench runs, measures nothing
 
 Speed does not depend on the weights, so nothing is downloaded: the UNet, VAE and text encoder are built
 from SD1.5's own configs (written below) with random weights, the tokenizer is the real CLIP BPE
-(built offline, as ``storyboard.tiny`` does), and everything is saved as a diffusers folder (fp16
+(built offline, as ``storyboard.devkit.tiny`` does), and everything is saved as a diffusers folder (fp16
 safetensors, ~2 GB, in a temp folder). A trigger checkpoint for it (LoRA rank 16 on the UNet attention
 and the text encoder, two trigger tokens, the trainer's manifest) is written beside it. ``--tiny`` uses
-``storyboard.tiny``'s toy model instead (saved the same way) at 64 px, 2 images in one batch.
+``storyboard.devkit.tiny``'s toy model instead (saved the same way) at 64 px, 2 images in one batch.
 
 Both sides load from those folders, in the same run, one after the other:
 
-* **ours**: ``storyboard.generate.load_trigger_pipeline`` -- what ``inference_trigger.py`` and validation
+* **ours**: ``storyboard.inference.generate.load_trigger_pipeline`` -- what ``inference_trigger.py`` and validation
   run: LoRA fused into the weights (no LoRA layers left), tokens loaded, channels-last and TF32 on GPU;
 * **plain**: ``StableDiffusionPipeline.from_pretrained`` + ``load_lora_weights`` (unfused) +
   ``load_textual_inversion``, the diffusers docs' recipe.
@@ -42,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from storyboard.cli import format_table  # noqa: E402
+from storyboard.core.cli import format_table  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PROMPT = "<fs_trg>, full shot, eye level, outdoor, a man in a grey coat"
@@ -61,7 +61,7 @@ def build_checkpoint(base: Path, out: Path, seed: int) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from storyboard import export
+    from storyboard.artifacts import export
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
@@ -128,7 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--full", action="store_true", help="the GPU setting: 30 steps, 8 images, batch 4, fp16")
     parser.add_argument("--tiny", action="store_true",
-                        help="smoke run: storyboard.tiny's toy model, 64 px, 2 steps, 2 images in one batch")
+                        help="smoke run: storyboard.devkit.tiny's toy model, 64 px, 2 steps, 2 images in one batch")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 2; 30 with --full)")
     parser.add_argument("--images", type=int, default=None, help="timed images per side (default 1; 8 with --full)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per call (default 1; 4 with --full)")
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from storyboard.generate import Job, Settings, load_trigger_pipeline, resolve_device, resolve_dtype, run_jobs
+    from storyboard.inference.generate import Job, Settings, load_trigger_pipeline, resolve_device, resolve_dtype, run_jobs
 
     device = resolve_device(args.device)
     dtype_name = args.dtype if args.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    model = "storyboard.tiny toy model" if args.tiny else "SD1.5 architecture, random weights"
+    model = "storyboard.devkit.tiny toy model" if args.tiny else "SD1.5 architecture, random weights"
     print(f"\n{model}, {args.size}x{args.size}, {steps} steps, CFG 7.5, {images} image(s), "
           f"batch {batch}, {dtype_name}, {device_name}{', torch.compile' if args.compile else ''}")
     table = format_table(rows, header=("pipeline", "images/s", "s/image", "speed-up", "CPU s/image", "CPU speed-up",
@@ -259,6 +259,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from storyboard.cli import run_main
+    from storyboard.core.cli import run_main
 
     run_main(main)

@@ -34,8 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from storyboard.cli import format_table  # noqa: E402
-from storyboard.vocabulary import load_vocabulary  # noqa: E402
+from storyboard.core.cli import format_table  # noqa: E402
+from storyboard.core.vocabulary import load_vocabulary  # noqa: E402
 
 TITLES = [("Parasite", "기생충", 2019), ("Memories of Murder", "살인의 추억", 2003), ("Oldboy", "올드보이", 2003),
           ("The Host", "괴물", 2006), ("Burning", "버닝", 2018), ("Mother", "마더", 2009),

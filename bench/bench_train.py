@@ -7,15 +7,15 @@ full-size Stable Diffusion 1.5 architecture with random weights, at 512 px.
                                                 #   bf16, batch 1 and 4, 20 steps, ours with and
                                                 #   without gradient checkpointing
     python bench/bench_train.py --tiny [--precision bf16]
-                                                # smoke run (seconds, any machine): storyboard.tiny's toy
+                                                # smoke run (seconds, any machine): storyboard.devkit.tiny's toy
                                                 #   model at 64 px, every configuration of the GPU set;
                                                 #   proves the bench runs, measures nothing
 
 Speed does not depend on the weights, so nothing is downloaded: UNet, VAE and text encoder are built
 from SD1.5's published configs (written below) with random weights, the tokenizer is the real CLIP
-BPE (built offline, as ``storyboard.tiny`` does); the folder is saved once (fp16 safetensors, ~2 GB)
+BPE (built offline, as ``storyboard.devkit.tiny`` does); the folder is saved once (fp16 safetensors, ~2 GB)
 under ``--work`` and reused. The data set is 8 generated 512 px images with trigger captions.
-``--tiny`` swaps in ``storyboard.tiny``'s toy model (saved the same way) at 64 px.
+``--tiny`` swaps in ``storyboard.devkit.tiny``'s toy model (saved the same way) at 64 px.
 
 Both sides train the same thing: two trigger tokens, LoRA rank 4 on the UNet attention and on the
 text encoder (the seed tunes the text encoder with the tokens), AdamW, same learning rates.
@@ -54,7 +54,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from storyboard.cli import format_table  # noqa: E402
+from storyboard.core.cli import format_table  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
@@ -242,7 +242,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="default: bf16 on GPU (fp16 without bf16), no on CPU; bf16 also runs on CPU")
     parser.add_argument("--tiny", action="store_true",
-                        help="smoke run: storyboard.tiny's toy model at 64 px, every configuration (seconds)")
+                        help="smoke run: storyboard.devkit.tiny's toy model at 64 px, every configuration (seconds)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON (default %(default)s)")
     parser.add_argument("--compile", action="store_true",
                         help="also ours under torch.compile (accelerate's dynamo backend 'inductor'); each such run "
@@ -321,7 +321,7 @@ def main(argv=None) -> None:
     env = dict(os.environ, STORYBOARD_NO_PROGRESS="1")
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    model = "storyboard.tiny toy model" if args.tiny else "SD1.5 architecture (random weights)"
+    model = "storyboard.devkit.tiny toy model" if args.tiny else "SD1.5 architecture (random weights)"
     print(f"building / reusing the {model} folder under {args.work} ...", file=sys.stderr)
     base = build_tiny_sd(args.work / "tiny_sd") if args.tiny else build_random_sd15(args.work / "sd15_random")
     data = build_data(args.work / f"Dataset_fin-{run['resolution']}px", resolution=run["resolution"])

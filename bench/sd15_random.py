@@ -2,7 +2,7 @@
 
 Speed and memory do not depend on the weights, so the benches build SD1.5's published component
 configs (value for value) with random weights instead of downloading a checkpoint. ``build_tiny_sd``
-saves ``storyboard.tiny``'s toy model the same way, for the benches' ``--tiny`` smoke mode.
+saves ``storyboard.devkit.tiny``'s toy model the same way, for the benches' ``--tiny`` smoke mode.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from storyboard.records import atomic_dir
+from storyboard.core.records import atomic_dir
 
 MARKER = ".sd15_random_done"
 
@@ -41,12 +41,12 @@ def build_random_sd15(folder: Path, seed: int = 0) -> Path:
 
 
 def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
-    """``storyboard.tiny``'s toy SD1.5-layout model, saved exactly like the random SD1.5 (fp16
+    """``storyboard.devkit.tiny``'s toy SD1.5-layout model, saved exactly like the random SD1.5 (fp16
     safetensors, SD1.5's tokenizer files, the marker): the benches' ``--tiny`` smoke mode runs every
     code path of a real bench, loading included, in seconds."""
-    from storyboard.tiny import _tiny_sd_components
+    from storyboard.devkit.tiny import _tiny_sd_components
 
-    return _save_random_pipeline(folder, seed, _tiny_sd_components, "storyboard.tiny model_sd")
+    return _save_random_pipeline(folder, seed, _tiny_sd_components, "storyboard.devkit.tiny model_sd")
 
 
 def _sd15_components(seed: int) -> dict:
@@ -68,7 +68,7 @@ def _save_random_pipeline(folder: Path, seed: int, components, label: str) -> Pa
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from storyboard.tiny import build_clip_tokenizer
+    from storyboard.devkit.tiny import build_clip_tokenizer
 
     with atomic_dir(folder) as tmp, tempfile.TemporaryDirectory() as scratch:
         pipe = StableDiffusionPipeline(**components(seed), tokenizer=build_clip_tokenizer(scratch),

@@ -8,7 +8,7 @@ One JSON object per line: ``id``, ``prompt`` (``<fs_trg>, full shot, eye level, 
 ``shot_size``, ``angle``, ``location``, ``subject``, ``seed`` (optionally ``negative_prompt``). The file
 is meant to be edited by hand afterwards: a line needs only ``prompt`` (``seed`` defaults to 0, ``id``
 and ``shot_size`` are derived). Shot words, tokens and spellings come from the vocabulary
-(storyboard/data/vocabulary.json); the subjects are plain English and live here.
+(storyboard/core/data/vocabulary.json); the subjects are plain English and live here.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storyboard.cli import add_vocabulary_arguments, format_table, run_main  # noqa: E402
+from storyboard.core.cli import add_vocabulary_arguments, format_table, run_main  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUTPUT = HERE / "validation.jsonl"  # where the prompts go (validation.sh reads this file by default)
@@ -34,9 +34,9 @@ NEGATIVE_PROMPT = ""  # written into each line when not empty
 
 
 def main(argv=None) -> int:
-    from storyboard.records import write_jsonl
-    from storyboard.validate import make_validation_records
-    from storyboard.vocabulary import load_vocabulary
+    from storyboard.core.records import write_jsonl
+    from storyboard.inference.validate import make_validation_records
+    from storyboard.core.vocabulary import load_vocabulary
 
     parser = argparse.ArgumentParser(prog="make_validation_jsonl.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -8,8 +8,8 @@
 * ``checkpoints`` save / rotate / resume (exact: the same weights as an uninterrupted run);
 * ``preview``     validation images from the files just saved, loaded the way a user loads them.
 
-The exported formats (diffusers LoRA, WebUI LoRA, embeddings, manifest) live in ``storyboard.export``
-and the token rows in ``storyboard.tokens``.
+The exported formats (diffusers LoRA, WebUI LoRA, embeddings, manifest) live in ``storyboard.artifacts.export``
+and the token rows in ``storyboard.train.tokens``.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import os
 def run(args) -> int:
     """Check every input (no model loaded: a bad one costs about a second), then train; the exit
     code for the front door. Under several processes only the main one prints a bad input."""
-    from ..cli import UserError
-    from .inputs import check_inputs
+    from storyboard.core.cli import UserError
+    from storyboard.train.inputs import check_inputs
 
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
     try:
@@ -29,6 +29,6 @@ def run(args) -> int:
         if rank != 0:
             raise SystemExit(2)
         raise
-    from .loop import run as train_and_report
+    from storyboard.train.loop import run as train_and_report
 
     return train_and_report(args, checked)

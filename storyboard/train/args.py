@@ -13,7 +13,7 @@ import math
 import os
 from pathlib import Path
 
-from ..cli import UserError, add_vocabulary_arguments
+from storyboard.core.cli import UserError, add_vocabulary_arguments
 
 BOOL = argparse.BooleanOptionalAction
 PRECISIONS = ("auto", "no", "fp16", "bf16")

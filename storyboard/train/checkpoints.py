@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
-from ..cli import UserError
-from ..records import atomic_dir
+from storyboard.core.cli import UserError
+from storyboard.core.records import atomic_dir
 
 if TYPE_CHECKING:
     import torch

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..cli import UserError
-from .inputs import TrainItem
+from storyboard.core.cli import UserError
+from storyboard.train.inputs import TrainItem
 
 
 def derive_seed(*parts: object) -> int:

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli import UserError
-from ..records import RecordError, read_json_object, read_jsonl, resolve_under
+from storyboard.core.cli import UserError
+from storyboard.core.records import RecordError, read_json_object, read_jsonl, resolve_under
 
 # The pipelines whose folders hold one UNet, one VAE and one CLIP text encoder: SD 1.x / 2.x.
 SD_PIPELINES = {
@@ -178,10 +178,10 @@ class CheckedInputs:
 def check_inputs(args) -> CheckedInputs:
     """Every check that needs no model: flags, base folder, data set, token list, checkpoint to resume.
     A bad input stops here with one line, in about a second."""
-    from ..tokens import resolve_trigger_specs
-    from ..vocabulary import load_vocabulary
-    from .args import check_args, output_dir
-    from .checkpoints import find_checkpoint
+    from storyboard.train.tokens import resolve_trigger_specs
+    from storyboard.core.vocabulary import load_vocabulary
+    from storyboard.train.args import check_args, output_dir
+    from storyboard.train.checkpoints import find_checkpoint
 
     check_args(args)
     base = check_base_model(args.pretrained_model_name_or_path)
@@ -197,7 +197,7 @@ def check_inputs(args) -> CheckedInputs:
 
 
 def check_tokens_against_files(base: Path, specs) -> None:
-    """The token checks ``storyboard.tokens.check_new_tokens`` makes with the real tokenizer, done
+    """The token checks ``storyboard.train.tokens.check_new_tokens`` makes with the real tokenizer, done
     from the tokenizer's files (no transformers import): a token the vocabulary already holds, an
     initializer that is only white space (CLIP's tokenizer drops white space and nothing else)."""
     known: dict[str, int] = {}

@@ -4,7 +4,7 @@
 
   0. check   every input (flags, base folder, data set, tokens) before anything heavy is loaded
   1. load    tokenizer + tokens, text encoder, VAE, UNet, noise scheduler
-  2. adapt   trigger rows (storyboard.tokens), LoRA through peft, dtypes, memory savers
+  2. adapt   trigger rows (storyboard.train.tokens), LoRA through peft, dtypes, memory savers
   3. prepare data (optionally cached latents), optimizer, schedule, resume, ``accelerator.prepare``
   4. train   micro-batches -> loss -> backward -> clip -> step, checkpoints and previews on the way
   5. save    export every format, reload each through plain diffusers, previews, manifest
@@ -38,16 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import export
-from ..cli import UserError, format_table
-from ..tokens import (AddedTokens, add_trigger_tokens, check_new_tokens, install_trigger_embedding,
+from storyboard.artifacts import export
+from storyboard.core.cli import UserError, format_table
+from storyboard.train.tokens import (AddedTokens, add_trigger_tokens, check_new_tokens, install_trigger_embedding,
                       merge_trigger_embedding, trigger_rows)
-from . import checkpoints as ckpt
-from .args import check_precision, output_dir
-from .data import (CaptionPolicy, ImagePolicy, StepBatchSampler, TriggerDataset, cache_latents, derive_seed,
+from storyboard.train import checkpoints as ckpt
+from storyboard.train.args import check_precision, output_dir
+from storyboard.train.data import (CaptionPolicy, ImagePolicy, StepBatchSampler, TriggerDataset, cache_latents, derive_seed,
                    epochs_seen, make_loader)
-from .inputs import CheckedInputs, check_inputs
-from .preview import default_prompts, load_trained_pipeline, log_previews, make_previews
+from storyboard.train.inputs import CheckedInputs, check_inputs
+from storyboard.train.preview import default_prompts, load_trained_pipeline, log_previews, make_previews
 
 logger = logging.getLogger("storyboard.train")
 
@@ -483,7 +483,7 @@ def train(args: argparse.Namespace, checked: CheckedInputs | None = None) -> Tra
                              args.caption_tag_dropout_rate, args.caption_dropout_rate)
     latents = None
     if args.cache_latents:
-        from ..cli import progress
+        from storyboard.core.cli import progress
 
         wrap = (lambda xs: progress(xs, "caching latents", unit="batch")) if main else None
         latents = cache_latents(scan.items, images, models.vae, accelerator.device, weight_dtype,
@@ -717,7 +717,7 @@ def _fmt_pair(a, b) -> str:
 
 
 def write_loss_log(out: Path, history: list[float]) -> None:
-    from ..records import atomic_write
+    from storyboard.core.records import atomic_write
 
     with atomic_write(out / "logs" / "loss.jsonl") as fh:
         for i, loss in enumerate(history, start=1):

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .. import export
+from storyboard.artifacts import export
 
 
 def load_trained_pipeline(base: str | Path, weights_dir: str | Path, *, lora_file: str = export.DIFFUSERS_LORA,

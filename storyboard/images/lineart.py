@@ -1,0 +1,295 @@
+"""Line-art versions of the finalized images, by one of five backends.
+
+``xdog``, ``canny``        OpenCV only, no weights: an extended difference of Gaussians (clean, even
+                           lines) or Canny edges, black lines on white.
+``lineart``,               controlnet_aux's annotators (``LineartDetector`` / ``LineartAnimeDetector``)
+``lineart_anime``          loaded from a local folder with ``sk_model.pth`` + ``sk_model2.pth`` /
+                           ``netG.pth``; their white-on-black output is inverted to black on white.
+``sdxl-controlnet``        the seed's method: the detector's control image (``detector``: lineart by
+                           default) drives diffusers' ``StableDiffusionXLControlNetPipeline`` (a local
+                           SDXL base folder + a local ControlNet-lineart folder) with a clean-line-art
+                           prompt; fp16 on a GPU, batched, one seed per record (from the base seed and
+                           the record's id, so it does not depend on order or batch) kept in the record.
+
+``run_lineart`` reads ``Dataset_fin/metadata.jsonl`` (``file_name`` relative to the data folder),
+writes ``<data>/lineart/<name>.png`` and the records with ``lineart_file`` (relative to the data
+folder), ``lineart_backend`` and, for ``sdxl-controlnet``, ``lineart_seed``. By default the metadata
+is rewritten in place (atomically), so later stages see the field. Rejects and the run record go to
+``<data>/lineart/rejects.jsonl`` and ``<data>/lineart/run.json``.
+
+Resume: ``<data>/lineart/.state/<name>.json`` holds the input image's SHA-256 and the settings key
+(which includes a fingerprint of the model folders); a matching entry is skipped.
+
+Model folders are only ever read from disk: a path that is not a folder is a user error, never a
+Hub lookup (controlnet_aux's ``from_pretrained`` downloads for anything that is not a directory).
+controlnet_aux 0.0.10 calls ``torch.load`` without ``weights_only``; that is safe from torch 2.6,
+where ``weights_only=True`` is the default, and on older torch the annotators are built from
+controlnet_aux's classes here and loaded with ``weights_only=True`` (see ``load_detector``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from storyboard.core.cli import UserError
+
+BACKENDS = ("xdog", "canny", "lineart", "lineart_anime", "sdxl-controlnet")
+DETECTORS = ("lineart", "lineart_anime", "xdog", "canny")
+MODEL_BACKENDS = ("lineart", "lineart_anime", "sdxl-controlnet")
+STAGE_VERSION = 1
+OUT_DIR = "lineart"
+DEFAULT_PROMPT = ("clean black and white line art, storyboard sketch, crisp thin ink outlines, "
+                  "white background, no shading")
+DEFAULT_NEGATIVE = "color, shading, gray tones, noise, blurry, text, watermark, speech bubble"
+
+
+@dataclass(frozen=True)
+class LineartSettings:
+    backend: str = "sdxl-controlnet"
+    size: int | None = None  # output side; None = the input image's size
+    xdog_sigma: float | None = None  # None = 1.0 at 1024 px, scaled with the size
+    xdog_tau: float = 0.98
+    xdog_phi: float = 200.0
+    canny_low: int = 60
+    canny_high: int = 150
+    detector: str = "lineart"  # the control image for sdxl-controlnet
+    detect_resolution: int = 512
+    coarse: bool = False  # lineart: its coarse model (sk_model2.pth)
+    annotators: str | None = None
+    base_model: str | None = None
+    controlnet: str | None = None
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: str = DEFAULT_NEGATIVE
+    steps: int = 30
+    guidance_scale: float = 7.0
+    controlnet_scale: float = 1.0
+    seed: int = 0
+    batch_size: int = 4
+    device: str = "auto"
+    dtype: str = "auto"
+    fingerprints: dict = field(default_factory=dict)  # model folder -> content fingerprint (set by check)
+
+    def uses(self, what: str) -> bool:
+        """Does this run need the annotators / the SDXL folders?"""
+        if what == "annotators":
+            return self.backend in ("lineart", "lineart_anime") or (
+                self.backend == "sdxl-controlnet" and self.detector in ("lineart", "lineart_anime"))
+        return self.backend == "sdxl-controlnet"
+
+    def key(self) -> str:
+        """What decides the output bytes (not the device, batch size or where the folders are)."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("device", "batch_size", "annotators",
+                                                                      "base_model", "controlnet")}
+        if self.backend not in MODEL_BACKENDS:
+            data = {k: v for k, v in data.items() if k.startswith(("backend", "size", self.backend))}
+        data["stage_version"] = STAGE_VERSION
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Names, sizes and JSON contents of a model folder: changes when the model does."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        rel = path.relative_to(folder).as_posix()
+        digest.update(f"{rel}\0{path.stat().st_size}\0".encode())
+        if path.suffix == ".json":
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def check_settings(s: LineartSettings) -> LineartSettings:
+    """Refuse impossible settings with one clear line; fill in the model fingerprints."""
+    if s.backend not in BACKENDS:
+        raise UserError(f"--backend {s.backend!r}: choose from {', '.join(BACKENDS)}")
+    if s.detector not in DETECTORS:
+        raise UserError(f"--detector {s.detector!r}: choose from {', '.join(DETECTORS)}")
+    if s.size is not None and not 16 <= s.size <= 8192:
+        raise UserError(f"--size {s.size} is out of range (16..8192)")
+    if s.detect_resolution < 64:
+        raise UserError(f"--detect-resolution {s.detect_resolution}: at least 64")
+    if s.steps < 1 or s.batch_size < 1:
+        raise UserError("--steps and --batch-size must be at least 1")
+    fingerprints = {}
+    needed = []
+    if s.uses("annotators"):
+        needed.append(("annotators", s.annotators, "--annotators", "controlnet_aux annotator folder "
+                       "(sk_model.pth, sk_model2.pth, netG.pth)"))
+    if s.uses("sdxl"):
+        needed += [("base_model", s.base_model, "--base-model", "SDXL base diffusers folder"),
+                   ("controlnet", s.controlnet, "--controlnet", "SDXL ControlNet (lineart) folder")]
+    for name, path, flag, what in needed:
+        if not path or not Path(path).is_dir():
+            hint = "; --backend xdog or canny need no weights" if s.backend in MODEL_BACKENDS else ""
+            raise UserError(f"{flag} {path}: not a folder; the {s.backend} backend needs a local {what}{hint}")
+        fingerprints[name] = folder_fingerprint(Path(path))
+    return LineartSettings(**{**asdict(s), "fingerprints": fingerprints})
+
+
+# --------------------------------------------------------------------------------------------
+# Weight-free backends (black lines on white, uint8 grey)
+# --------------------------------------------------------------------------------------------
+def xdog(rgb: np.ndarray, sigma: float | None = None, tau: float = 0.98, phi: float = 200.0) -> np.ndarray:
+    """Extended difference of Gaussians (Winnemoeller et al. 2012), the edge-only form: where the
+    narrow blur falls below ``tau`` x the wide one, a soft-thresholded dark line."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    if sigma is None:
+        sigma = max(0.5, max(grey.shape) / 1024.0)
+    narrow = cv2.GaussianBlur(grey, (0, 0), sigma)
+    wide = cv2.GaussianBlur(grey, (0, 0), sigma * 1.6)
+    d = narrow - tau * wide
+    lines = np.where(d >= 0, 1.0, 1.0 + np.tanh(phi * d))
+    return np.clip(lines * 255.0, 0, 255).astype(np.uint8)
+
+
+def canny(rgb: np.ndarray, low: int = 60, high: int = 150) -> np.ndarray:
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    scale = max(grey.shape) / 1024.0
+    grey = cv2.GaussianBlur(grey, (0, 0), max(0.8, 1.2 * scale))
+    edges = cv2.Canny(grey, low, high, L2gradient=True)
+    if scale >= 1.5:  # keep lines about as thick, relative to the picture, at large sizes
+        edges = cv2.dilate(edges, np.ones((2, 2), np.uint8))
+    return 255 - edges
+
+
+# --------------------------------------------------------------------------------------------
+# Model backends
+# --------------------------------------------------------------------------------------------
+def _torch_loads_safely() -> bool:
+    import torch
+
+    major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    return (major, minor) >= (2, 6)  # torch.load defaults to weights_only=True from 2.6
+
+
+def load_detector(kind: str, folder: str | Path):
+    """controlnet_aux's ``LineartDetector`` / ``LineartAnimeDetector`` from a local folder only."""
+    import functools
+
+    import torch
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"annotator folder not found: {folder}")
+    names = {"lineart": ("sk_model.pth", "sk_model2.pth"), "lineart_anime": ("netG.pth",)}[kind]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise UserError(f"{folder} lacks {', '.join(missing)} (the {kind} annotator's weights)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # controlnet_aux imports every annotator (mediapipe, timm notices)
+        from controlnet_aux.lineart import Generator, LineartDetector
+        from controlnet_aux.lineart_anime import LineartAnimeDetector, UnetGenerator
+    if _torch_loads_safely():
+        cls = LineartDetector if kind == "lineart" else LineartAnimeDetector
+        return cls.from_pretrained(str(folder))  # a directory: read locally, never downloaded
+
+    def state(name: str) -> dict:
+        value = torch.load(folder / name, map_location="cpu", weights_only=True)
+        return {k.replace("module.", ""): v for k, v in value.items()}
+
+    if kind == "lineart":
+        fine, coarse = Generator(3, 1, 3), Generator(3, 1, 3)
+        fine.load_state_dict(state(names[0]))
+        coarse.load_state_dict(state(names[1]))
+        return LineartDetector(fine.eval(), coarse.eval())
+    net = UnetGenerator(3, 1, 8, 64, norm_layer=functools.partial(torch.nn.InstanceNorm2d, affine=False,
+                                                                    track_running_stats=False))
+    net.load_state_dict(state(names[0]))
+    return LineartAnimeDetector(net.eval())
+
+
+def pick_device(device: str, dtype: str):
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    if dtype not in ("float16", "bfloat16", "float32"):
+        raise UserError(f"--dtype {dtype!r}: choose from auto, float16, bfloat16, float32")
+    return device, getattr(torch, dtype)
+
+
+class ModelBackend:
+    """The annotator (and the SDXL ControlNet pipeline), loaded once, applied batch by batch."""
+
+    def __init__(self, s: LineartSettings):
+        self.s = s
+        self.device, self.dtype = pick_device(s.device, s.dtype)
+        detector_kind = s.backend if s.backend != "sdxl-controlnet" else s.detector
+        self.detector = None
+        if detector_kind in ("lineart", "lineart_anime"):
+            self.detector = load_detector(detector_kind, s.annotators).to(self.device)
+        self.detector_kind = detector_kind
+        self.pipe = None
+        if s.backend == "sdxl-controlnet":
+            from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+            controlnet = ControlNetModel.from_pretrained(s.controlnet, dtype=self.dtype, local_files_only=True)
+            self.pipe = StableDiffusionXLControlNetPipeline.from_pretrained(
+                s.base_model, controlnet=controlnet, dtype=self.dtype, local_files_only=True)
+            self.pipe.to(self.device)
+            self.pipe.set_progress_bar_config(disable=True)
+        # No global torch.set_grad_enabled(False): this may run inside a bigger process (tests, a
+        # notebook); the pipeline and the annotators already run under torch.no_grad().
+
+    def control(self, rgb: np.ndarray, size: int) -> np.ndarray:
+        """White lines on black at ``size`` x ``size`` (ControlNet-lineart's convention)."""
+        kind = self.detector_kind
+        if kind == "xdog":
+            lines = 255 - xdog(rgb)
+        elif kind == "canny":
+            lines = 255 - canny(rgb, self.s.canny_low, self.s.canny_high)
+        else:
+            kwargs = {"coarse": self.s.coarse} if kind == "lineart" else {}
+            # Never detect finer than the output: a 64 px control image needs no 512 px pass.
+            detect = max(64, min(self.s.detect_resolution, size))
+            out = self.detector(rgb, detect_resolution=detect, image_resolution=size, output_type="np", **kwargs)
+            lines = np.asarray(out)[..., 0] if np.asarray(out).ndim == 3 else np.asarray(out)
+        if lines.shape != (size, size):
+            lines = cv2.resize(lines, (size, size), interpolation=cv2.INTER_AREA)
+        return lines
+
+    def run(self, images: Sequence[np.ndarray], size: int, seeds: Sequence[int]) -> list[np.ndarray]:
+        controls = [self.control(rgb, size) for rgb in images]
+        if self.pipe is None:
+            return [255 - c for c in controls]  # an annotator's own lines, black on white
+        import torch
+        from PIL import Image
+
+        n = len(images)
+        result = self.pipe(
+            prompt=[self.s.prompt] * n, negative_prompt=[self.s.negative_prompt] * n,
+            image=[Image.fromarray(c).convert("RGB") for c in controls], height=size, width=size,
+            num_inference_steps=self.s.steps, guidance_scale=self.s.guidance_scale,
+            controlnet_conditioning_scale=self.s.controlnet_scale,
+            # CPU generators: the same seed gives the same picture on any device and batch size.
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        )
+        return [np.asarray(img.convert("RGB")) for img in result.images]
+
+
+def record_seed(base_seed: int, record_id: str) -> int:
+    """A record's own seed: stable across runs, orders, batches and shards."""
+    digest = hashlib.sha256(f"{base_seed}\0{record_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _cpu_lines(args: tuple[str, str, int | None, dict]) -> np.ndarray:
+    path, backend, size, params = args
+    from storyboard.core.imageio import load_rgb
+
+    rgb = load_rgb(path).rgb
+    if size and rgb.shape[:2] != (size, size):
+        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+    if backend == "xdog":
+        return xdog(rgb, params["xdog_sigma"], params["xdog_tau"], params["xdog_phi"])
+    return canny(rgb, params["canny_low"], params["canny_high"])
