@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
-from storyboard.core.cli import add_vocabulary_arguments, run_main  # noqa: E402
+from storyboard.core.cli import add_vocabulary_arguments, run_main
 
 BASE_MODEL = Path("./model_sd")  # the base Stable Diffusion diffusers folder the checkpoint was trained on
 CHECKPOINT = Path("./model_sd_weight/train_fs")  # the training output folder (LoRA + embeddings/ + manifest)

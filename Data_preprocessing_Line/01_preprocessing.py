@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import os  # noqa: E402
+import argparse
+import os
 
-from storyboard.core.cli import UserError, run_main  # noqa: E402
+from storyboard.core.cli import UserError, run_main
 
 DATA_DIR = "../Dataset_fin"  # the finalized data set (file_name paths are relative to it)
 METADATA = None  # None = <data-dir>/metadata.jsonl

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
+import argparse
 
-from storyboard.core.cli import UserError, run_main  # noqa: E402
+from storyboard.core.cli import UserError, run_main
 
 DATA_DIR = "../Dataset_fin"  # the finalized data set
 IMAGE_ROOT = None  # the originals (03_finalize_dataset.py's --image-root); None = no original column

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
+import argparse
 
-from storyboard.core.cli import add_jsonl_stage_arguments, add_vocabulary_arguments, run_main  # noqa: E402
+from storyboard.core.cli import add_jsonl_stage_arguments, add_vocabulary_arguments, run_main
 
 INPUT = "metadata_raw.jsonl"  # written by Dataset_collect_title_method/collect_title_matches.py
 OUTPUT = "metadata_clean.jsonl"  # read by 02_translate.py
@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from storyboard.metadata.tags import preprocess_tags
     from storyboard.core.vocabulary import load_vocabulary
+    from storyboard.metadata.tags import preprocess_tags
 
     args = build_parser().parse_args(argv)
     vocabulary = load_vocabulary(args.vocabulary)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
+import argparse
 
-from storyboard.core.cli import add_jsonl_stage_arguments, add_vocabulary_arguments, run_main  # noqa: E402
+from storyboard.core.cli import add_jsonl_stage_arguments, add_vocabulary_arguments, run_main
 
 INPUT = "metadata_clean.jsonl"  # written by 01_preprocess_tags.py
 OUTPUT = "metadata_translated.jsonl"  # read by 03_finalize_dataset.py
@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from storyboard.metadata.translate import CACHE_NAME, TranslationCache, make_translator, translate_records
     from storyboard.core.vocabulary import load_vocabulary
+    from storyboard.metadata.translate import CACHE_NAME, TranslationCache, make_translator, translate_records
 
     args = build_parser().parse_args(argv)
     vocabulary = load_vocabulary(args.vocabulary)

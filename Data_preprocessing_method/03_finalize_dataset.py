@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import os  # noqa: E402
+import argparse
+import os
 
-from storyboard.core.cli import UserError, run_main  # noqa: E402
+from storyboard.core.cli import UserError, run_main
 
 IMAGE_ROOT = None  # folder the records' "image" paths are relative to (required: the seed passes it)
 METADATA = "metadata_translated.jsonl"  # written by 02_translate.py

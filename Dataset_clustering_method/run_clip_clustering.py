@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
+import argparse
 
-from storyboard.core.cli import add_vocabulary_arguments, run_main  # noqa: E402
+from storyboard.core.cli import add_vocabulary_arguments, run_main
 
 # Paths are relative to the project root (the folder holding Dataset_fin/); run from inside
 # Dataset_clustering_method/ they are taken from its parent instead.
@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from storyboard.clustering.cluster import parse_k_range, parse_naming
-    from storyboard.clustering.stage import ClusteringSettings, run_clip_clustering
     from storyboard.clustering.embed import merge_caches
+    from storyboard.clustering.stage import ClusteringSettings, run_clip_clustering
 
     if args.merge_caches:
         print(merge_caches(args.merge_caches, args.cache_dir).table())

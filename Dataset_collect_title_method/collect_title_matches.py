@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
+import argparse
 
-from storyboard.core.cli import run_main  # noqa: E402
+from storyboard.core.cli import run_main
 
 INPUT = ["raw"]  # raw crawl JSONL files, or folders of them (every *.jsonl inside, sorted)
 IMAGE_ROOT = "images"  # the folder the records' "image" paths are relative to

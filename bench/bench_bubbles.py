@@ -28,8 +28,8 @@ def score_set(root: Path) -> dict:
     import numpy as np
     from PIL import Image
 
-    from storyboard.images.bubbles import bubble_scores, detect_bubbles
     from storyboard.core.imageio import load_rgb
+    from storyboard.images.bubbles import bubble_scores, detect_bubbles
 
     truth = json.loads((root / "ground_truth.json").read_text(encoding="utf-8"))
     images, styles, seconds = [], defaultdict(list), 0.0

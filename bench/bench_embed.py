@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def make_images(folder: Path, count: int, size: int, fmt: str, unique: int = 16) -> list[Path]:
     """``count`` files as the finalize stage writes them (OpenCV, PNG level 1 / JPEG q92): ``unique``
     distinct composites, the rest byte copies (decoding a copy costs the same; composing one costs ~0.3 s)."""
-    from storyboard.images.finalize import encode_image
     from storyboard.devkit.shot_composites import FRAMING, composite
+    from storyboard.images.finalize import encode_image
 
     keys = list(FRAMING)
     paths = []
@@ -99,9 +99,18 @@ def main(argv=None) -> int:
     import open_clip
     import torch
 
+    from storyboard.clustering.embed import (
+        ClipModel,
+        _cpu_count,
+        _device,
+        _ImageFiles,
+        default_workers,
+        iter_embeddings,
+        load_clip,
+        open_for_embedding,
+        quiet_open_clip,
+    )
     from storyboard.core.cli import format_table
-    from storyboard.clustering.embed import (ClipModel, _cpu_count, _device, _ImageFiles, default_workers, iter_embeddings, load_clip,
-                                 open_for_embedding, quiet_open_clip)
 
     device = _device(args.device)
     with quiet_open_clip():

@@ -48,6 +48,7 @@ RESULTS = REPO / "bench" / "results"
 PROMPT = "<fs_trg>, full shot, eye level, outdoor, a man in a grey coat"
 
 from sd15_random import build_random_sd15, build_tiny_sd  # noqa: E402  (SD1.5 configs, random weights)
+
 TOKENS = [("<fs_trg>", "full shot"), ("<ms_trg>", "medium shot")]
 LORA_RANK = 16
 
@@ -177,7 +178,14 @@ def main(argv=None) -> int:
 
     import torch
 
-    from storyboard.inference.generate import Job, Settings, load_trigger_pipeline, resolve_device, resolve_dtype, run_jobs
+    from storyboard.inference.generate import (
+        Job,
+        Settings,
+        load_trigger_pipeline,
+        resolve_device,
+        resolve_dtype,
+        run_jobs,
+    )
 
     device = resolve_device(args.device)
     dtype_name = args.dtype if args.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")

@@ -59,6 +59,7 @@ from storyboard.core.cli import format_table  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 
 from sd15_random import build_random_sd15, build_tiny_sd  # noqa: E402  (SD1.5 configs, random weights)
+
 TOKENS = (("<fs_trg>", "full shot"), ("<ms_trg>", "medium shot"))
 RANK, UNET_LR, TE_LR, TOKEN_LR = 4, 1e-4, 5e-5, 5e-4
 RESOLUTION, TINY_RESOLUTION = 512, 64

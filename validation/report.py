@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storyboard.core.cli import add_vocabulary_arguments, run_main  # noqa: E402
+from storyboard.core.cli import add_vocabulary_arguments, run_main
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = HERE / "validation.jsonl"  # the validation prompts (rows of the grids, shot size asked)
@@ -25,8 +25,8 @@ OUTPUT_DIR = HERE / "output"  # where validation.sh / base_valid.sh put the imag
 
 
 def main(argv=None) -> int:
-    from storyboard.inference.report import add_report_arguments, report_from_args
     from storyboard.core.vocabulary import load_vocabulary
+    from storyboard.inference.report import add_report_arguments, report_from_args
 
     parser = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

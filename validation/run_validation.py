@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storyboard.core.cli import add_vocabulary_arguments, run_main  # noqa: E402
+from storyboard.core.cli import add_vocabulary_arguments, run_main
 
 HERE = Path(__file__).resolve().parent
 BASE_MODEL = HERE.parent / "model_sd"  # base Stable Diffusion diffusers folder
@@ -30,8 +30,8 @@ OUTPUT_DIR = HERE / "output"  # images under OUTPUT_DIR/<checkpoint>/ and OUTPUT
 
 def main(argv=None) -> int:
     from storyboard.inference.generate import add_model_arguments, add_sampling_arguments
-    from storyboard.inference.validate import preflight, run_validation
     from storyboard.inference.report import add_report_arguments
+    from storyboard.inference.validate import preflight, run_validation
 
     parser = argparse.ArgumentParser(prog="run_validation.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

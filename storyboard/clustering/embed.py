@@ -37,10 +37,11 @@ import time
 import uuid
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -538,7 +539,7 @@ class EmbedBatch:
     failed: list[tuple[int, tuple[str, str]]]  # (index, (reason, detail))
 
 
-def _thread_loader(dataset: "_ImageFiles", batches: list[list[int]], ahead: int = 2, threads: int = 2):
+def _thread_loader(dataset: _ImageFiles, batches: list[list[int]], ahead: int = 2, threads: int = 2):
     """The DataLoader's job in background threads of this process: decoding (which releases the GIL)
     overlaps encoding without another process competing with torch's threads for the cores. Images
     are decoded one per task on ``threads`` threads, so while the encoder waits for a batch every

@@ -9,16 +9,15 @@ re-run reuses them. Pictures are drawn with matplotlib's Agg backend (no display
 """
 from __future__ import annotations
 
-
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from storyboard.core.records import atomic_write_bytes
 from storyboard.core.html import escape, relative_href, render_table, write_page
+from storyboard.core.records import atomic_write_bytes
 
 THUMB_SIZE = 200
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -108,7 +109,7 @@ class Measurement:
                 "frame": list(self.frame) if self.frame else None}
 
     @classmethod
-    def from_json(cls, value: dict) -> "Measurement":
+    def from_json(cls, value: dict) -> Measurement:
         box, frame = value.get("box"), value.get("frame")
         return cls(value["kind"], value.get("ratio"), tuple(box) if box else None, tuple(frame) if frame else None)
 
@@ -413,7 +414,7 @@ class ClipZeroShotJudge:
         self.prompts = prompts
 
     @classmethod
-    def from_clip(cls, clip, vocabulary: Vocabulary | None = None) -> "ClipZeroShotJudge":
+    def from_clip(cls, clip, vocabulary: Vocabulary | None = None) -> ClipZeroShotJudge:
         """From ``embed.ClipModel``."""
         return cls(clip.model, clip.tokenizer, vocabulary, clip.preprocess, clip.device)
 

@@ -36,16 +36,55 @@ from typing import Any
 
 import numpy as np
 
+from storyboard.clustering.cluster import (
+    DEFAULT_NAMING,
+    BalancePlan,
+    Clustering,
+    ClusterName,
+    balance,
+    choose_k,
+    clustering_id,
+    find_duplicates,
+    load_manual_labels,
+    name_clusters,
+    parse_target,
+    reduce,
+    run_kmeans,
+    trigger_text,
+)
+from storyboard.clustering.embed import (
+    EmbeddingCache,
+    Processes,
+    current_processes,
+    hash_files,
+    iter_embeddings,
+    load_clip,
+    parse_shard,
+    shard_indices,
+)
+from storyboard.clustering.shots import (
+    ClipZeroShotJudge,
+    Measurement,
+    OpenCVShotEstimator,
+    ShotEvaluation,
+    ShotGuess,
+    evaluate,
+)
 from storyboard.core.cli import UserError, format_table, progress
-from storyboard.clustering.cluster import (DEFAULT_NAMING, BalancePlan, ClusterName, Clustering, balance, choose_k, clustering_id,
-                      find_duplicates, load_manual_labels, name_clusters, parse_target, reduce, run_kmeans,
-                      trigger_text)
-from storyboard.clustering.embed import (EmbeddingCache, Processes, current_processes, hash_files, iter_embeddings, load_clip,
-                    parse_shard, shard_indices)
-from storyboard.core.records import (JsonlItem, RecordError, StageRecords, atomic_write, atomic_write_bytes, atomic_write_json,
-                      check_fields, dumps_record, harmonize_field_types, read_json_object, read_jsonl,
-                      resolve_under)
-from storyboard.clustering.shots import ClipZeroShotJudge, Measurement, OpenCVShotEstimator, ShotEvaluation, ShotGuess, evaluate
+from storyboard.core.records import (
+    JsonlItem,
+    RecordError,
+    StageRecords,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_fields,
+    dumps_record,
+    harmonize_field_types,
+    read_json_object,
+    read_jsonl,
+    resolve_under,
+)
 from storyboard.core.vocabulary import Term, Vocabulary, load_vocabulary
 
 PREBALANCE_NAME = "metadata_prebalance.jsonl"
@@ -342,7 +381,7 @@ def prefetch(pool, fn, jobs, ahead: int):
         yield pending.popleft().result()
 
 
-def measure_rows(estimator: OpenCVShotEstimator, rows: list["Row"], cache_root: Path) -> list[Measurement]:
+def measure_rows(estimator: OpenCVShotEstimator, rows: list[Row], cache_root: Path) -> list[Measurement]:
     cache = MeasureCache(cache_root, f"{estimator.signature}-max{ESTIMATOR_MAX_SIDE}")
     todo = []
     keys = []

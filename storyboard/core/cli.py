@@ -10,8 +10,9 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 

@@ -22,10 +22,11 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from storyboard.core.cli import format_table
 
@@ -353,7 +354,7 @@ class StageRecords:
         self._started = time.time()
         self._out_cm = self._rej_cm = None
 
-    def __enter__(self) -> "StageRecords":
+    def __enter__(self) -> StageRecords:
         self._out_cm = atomic_write(self.output)
         self._rej_cm = atomic_write(self.rejects)
         self._out = self._out_cm.__enter__()

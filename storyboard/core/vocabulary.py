@@ -27,11 +27,11 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from storyboard.core.cli import UserError
 from storyboard.core.records import read_json_object

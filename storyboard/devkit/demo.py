@@ -17,13 +17,13 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from storyboard.core.cli import UserError, run_main
-from storyboard.devkit.demo_clustering import step_clustering
 from storyboard.core.html import Section, write_index
+from storyboard.devkit.demo_clustering import step_clustering
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WORK = REPO_ROOT / "demo_run"  # the demo's work folder, laid out like the seed's root

@@ -52,9 +52,9 @@ import gzip
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from storyboard.core.cli import UserError, run_main
 from storyboard.core.records import atomic_dir, atomic_write, atomic_write_json, read_json_object_or_none

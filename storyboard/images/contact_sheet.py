@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import argparse
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
 
 from storyboard.core.cli import UserError, run_main
-from storyboard.core.records import RecordError, atomic_write_bytes, load_jsonl, resolve_under
 from storyboard.core.html import relative_href, write_page
+from storyboard.core.records import RecordError, atomic_write_bytes, load_jsonl, resolve_under
 
 COLUMNS = ("original", "bubble mask", "cleaned square", "line art")
 MISSING = (225, 225, 225)

@@ -36,13 +36,21 @@ import multiprocessing
 import os
 import re
 import unicodedata
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from storyboard.core.cli import UserError, progress
-from storyboard.core.records import (RecordError, StageRecords, atomic_write_bytes, atomic_write_json, read_json_object_or_none,
-                      read_jsonl, resolve_under)
+from storyboard.core.records import (
+    RecordError,
+    StageRecords,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json_object_or_none,
+    read_jsonl,
+    resolve_under,
+)
 
 # Bump when this stage's output for the same input and settings changes (resume keys include it).
 STAGE_VERSION = 1
@@ -161,8 +169,8 @@ def process_image(task: Task) -> dict:
 
 
 def _process_image(task: Task) -> dict:
-    from storyboard.images.bubbles import remove_bubbles
     from storyboard.core.imageio import load_rgb_bytes, read_image_bytes
+    from storyboard.images.bubbles import remove_bubbles
     from storyboard.images.squares import detect_subject, make_square
 
     out, s, source = Path(task.out), task.settings, Path(task.source)

@@ -32,9 +32,9 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -279,7 +279,7 @@ class ModelBackend:
 
 def record_seed(base_seed: int, record_id: str) -> int:
     """A record's own seed: stable across runs, orders, batches and shards."""
-    digest = hashlib.sha256(f"{base_seed}\0{record_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{base_seed}\0{record_id}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 

@@ -13,11 +13,26 @@ import cv2
 import numpy as np
 
 from storyboard.core.cli import UserError, progress
-from storyboard.images.lineart import (MODEL_BACKENDS, OUT_DIR, LineartSettings, ModelBackend, _cpu_lines, check_settings,
-                      record_seed)
-from storyboard.core.records import (RecordError, StageRecords, atomic_write_bytes, atomic_write_json, check_fields,
-                      read_json_object_or_none, read_jsonl, resolve_under)
 from storyboard.core.imageio import read_image_bytes
+from storyboard.core.records import (
+    RecordError,
+    StageRecords,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_fields,
+    read_json_object_or_none,
+    read_jsonl,
+    resolve_under,
+)
+from storyboard.images.lineart import (
+    MODEL_BACKENDS,
+    OUT_DIR,
+    LineartSettings,
+    ModelBackend,
+    _cpu_lines,
+    check_settings,
+    record_seed,
+)
 
 STATE_DIR = ".state"
 

@@ -22,7 +22,7 @@ orientation applied), the same as the bubble mask's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -147,7 +147,7 @@ def crop_square(rgb: np.ndarray, size: int, subject_box=None) -> tuple[np.ndarra
 # --------------------------------------------------------------------------------------------
 # Subject detection (for --fit subject)
 # --------------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def _cascade(name: str):
     path = cv2.data.haarcascades + name
     cascade = cv2.CascadeClassifier(path)

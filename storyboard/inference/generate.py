@@ -36,9 +36,10 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from storyboard.core.cli import UserError
 from storyboard.core.records import atomic_write_bytes

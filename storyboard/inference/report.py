@@ -20,15 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 from storyboard.core.cli import UserError, format_table
-from storyboard.inference.generate import plain_prompt
-from storyboard.core.records import atomic_write_bytes, atomic_write_json, read_jsonl
 from storyboard.core.html import escape, relative_href, render_table, write_page
+from storyboard.core.records import atomic_write_bytes, atomic_write_json, read_jsonl
 from storyboard.core.vocabulary import Vocabulary
+from storyboard.inference.generate import plain_prompt
 
 BASE_COLUMN = "base"
 REPORT_DIR = "report"

@@ -24,15 +24,28 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 from storyboard.core.cli import UserError, format_table
-from storyboard.inference.generate import (Checkpoint, Job, Settings, base_fingerprint, check_base_folder, plain_prompt,
-                       prepare_prompt, read_checkpoint, read_png_metadata, resolve_device, resolve_dtype, run_jobs)
 from storyboard.core.records import atomic_write_json, read_jsonl, write_jsonl
 from storyboard.core.vocabulary import Vocabulary, load_vocabulary
+from storyboard.inference.generate import (
+    Checkpoint,
+    Job,
+    Settings,
+    base_fingerprint,
+    check_base_folder,
+    plain_prompt,
+    prepare_prompt,
+    read_checkpoint,
+    read_png_metadata,
+    resolve_device,
+    resolve_dtype,
+    run_jobs,
+)
 
 T = TypeVar("T")
 BASE_COLUMN = "base"

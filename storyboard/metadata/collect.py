@@ -26,9 +26,10 @@ import json
 import os
 import unicodedata
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from storyboard.core.cli import UserError, progress
 from storyboard.core.records import RecordError, StageRecords, check_fields, resolve_under

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from storyboard.core.cli import UserError, progress
-from storyboard.metadata.collect import has_records, map_raw_text_fields
 from storyboard.core.records import RecordError, StageRecords, check_fields
 from storyboard.core.textnorm import normalize
 from storyboard.core.vocabulary import KINDS, Term, Vocabulary
+from storyboard.metadata.collect import has_records, map_raw_text_fields
 
 LABEL_FIELDS = tuple(KINDS.values())  # shot_size, angle, location
 SOURCES = ("tags", "caption", "field")  # where a label may come from, most trusted first

@@ -23,9 +23,9 @@ from __future__ import annotations
 import csv
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from rapidfuzz import fuzz, process
 
@@ -134,7 +134,7 @@ class TitleIndex:
         for key in keys:
             owners = self._exact.get(key)
             if owners:
-                scored = {i: 100.0 for i in owners}
+                scored = dict.fromkeys(owners, 100.0)
                 return self._decide(self._by_year(scored, year), "exact")
         scored: dict[int, float] = {}
         for key in keys:

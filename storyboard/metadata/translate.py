@@ -23,15 +23,16 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 from storyboard.core.cli import UserError, progress
-from storyboard.metadata.collect import has_records, map_raw_text_fields
 from storyboard.core.records import RecordError, StageRecords, atomic_write, check_fields, read_jsonl
 from storyboard.core.textnorm import normalize
-from storyboard.metadata.tags import Memo, term_named
 from storyboard.core.vocabulary import Vocabulary, normalize_text
+from storyboard.metadata.collect import has_records, map_raw_text_fields
+from storyboard.metadata.tags import Memo, term_named
 
 BACKENDS = ("table", "marian", "none")
 CACHE_NAME = "translation_cache.jsonl"  # default cache file, beside the output

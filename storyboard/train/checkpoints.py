@@ -19,9 +19,10 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from storyboard.core.cli import UserError
 from storyboard.core.records import atomic_dir
@@ -77,7 +78,7 @@ def find_checkpoint(output_dir: Path, spec: str | None) -> Path | None:
                     f"{STATE_DIR}/state.json); use 'latest' or a folder like {output_dir / 'checkpoint-500'}")
 
 
-def load_checkpoint(path: Path) -> tuple[Checkpoint, dict[str, "torch.Tensor"], dict]:
+def load_checkpoint(path: Path) -> tuple[Checkpoint, dict[str, torch.Tensor], dict]:
     """The checkpoint's state, trainable tensors and optimizer/scheduler/scaler/RNG blob."""
     import torch
     from safetensors.torch import load_file
@@ -128,7 +129,7 @@ def restore_rng_states(states: Mapping) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(output_dir: Path, step: int, trainable: Mapping[str, "torch.Tensor"], blob: Mapping,
+def save_checkpoint(output_dir: Path, step: int, trainable: Mapping[str, torch.Tensor], blob: Mapping,
                     state: Mapping, export: Callable[[Path], object] | None = None,
                     total_limit: int | None = None) -> Path:
     """Write ``checkpoint-<step>`` atomically (temp folder + rename), then drop old ones past ``total_limit``."""

@@ -178,10 +178,10 @@ class CheckedInputs:
 def check_inputs(args) -> CheckedInputs:
     """Every check that needs no model: flags, base folder, data set, token list, checkpoint to resume.
     A bad input stops here with one line, in about a second."""
-    from storyboard.train.tokens import resolve_trigger_specs
     from storyboard.core.vocabulary import load_vocabulary
     from storyboard.train.args import check_args, output_dir
     from storyboard.train.checkpoints import find_checkpoint
+    from storyboard.train.tokens import resolve_trigger_specs
 
     check_args(args)
     base = check_base_model(args.pretrained_model_name_or_path)

@@ -40,14 +40,28 @@ from torch import nn
 
 from storyboard.artifacts import export
 from storyboard.core.cli import UserError, format_table
-from storyboard.train.tokens import (AddedTokens, add_trigger_tokens, check_new_tokens, install_trigger_embedding,
-                      merge_trigger_embedding, trigger_rows)
 from storyboard.train import checkpoints as ckpt
 from storyboard.train.args import check_precision, output_dir
-from storyboard.train.data import (CaptionPolicy, ImagePolicy, StepBatchSampler, TriggerDataset, cache_latents, derive_seed,
-                   epochs_seen, make_loader)
+from storyboard.train.data import (
+    CaptionPolicy,
+    ImagePolicy,
+    StepBatchSampler,
+    TriggerDataset,
+    cache_latents,
+    derive_seed,
+    epochs_seen,
+    make_loader,
+)
 from storyboard.train.inputs import CheckedInputs, check_inputs
 from storyboard.train.preview import default_prompts, load_trained_pipeline, log_previews, make_previews
+from storyboard.train.tokens import (
+    AddedTokens,
+    add_trigger_tokens,
+    check_new_tokens,
+    install_trigger_embedding,
+    merge_trigger_embedding,
+    trigger_rows,
+)
 
 logger = logging.getLogger("storyboard.train")
 

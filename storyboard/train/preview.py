@@ -8,8 +8,8 @@ what the training process holds in memory.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

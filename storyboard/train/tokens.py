@@ -16,8 +16,9 @@ decay cannot touch them, and the optimizer state is ``n_new x dim`` instead of `
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from storyboard.core.cli import UserError
 
@@ -49,7 +50,7 @@ class AddedTokens:
     token_ids: list[int]
     initializer_ids: list[list[int]]
     base_vocab_size: int
-    initial_rows: "torch.Tensor | None" = field(repr=False, default=None)  # (n_new, dim), fp32
+    initial_rows: torch.Tensor | None = field(repr=False, default=None)  # (n_new, dim), fp32
 
     def as_dict(self) -> list[dict]:
         return [

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from PIL import Image
+
 from support import REPO
 
 FRONT_DOOR = REPO / "Dataset_clustering_method" / "run_clip_clustering.py"

@@ -9,12 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from storyboard.clustering.cluster import (
+    balance,
+    choose_k,
+    find_duplicates,
+    load_manual_labels,
+    majority,
+    name_clusters,
+    parse_naming,
+    parse_target,
+    run_kmeans,
+    trigger_text,
+)
+from storyboard.core.cli import UserError
+from storyboard.core.vocabulary import load_vocabulary
+
 from clustering_helpers import FRONT_DOOR, SHOTS, make_dataset
 from support import read_jsonl, run_front_door
-from storyboard.core.cli import UserError
-from storyboard.clustering.cluster import (balance, choose_k, find_duplicates, load_manual_labels, majority, name_clusters,
-                                parse_naming, parse_target, run_kmeans, trigger_text)
-from storyboard.core.vocabulary import load_vocabulary
 
 VOCAB = load_vocabulary()
 ORDER = [t.key for t in VOCAB.shot_sizes]

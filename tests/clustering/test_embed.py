@@ -10,9 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+from storyboard.clustering.embed import (
+    EmbeddingCache,
+    Processes,
+    iter_embeddings,
+    load_clip,
+    merge_caches,
+    open_for_embedding,
+    parse_shard,
+    shard_indices,
+)
 from storyboard.core.cli import UserError
-from storyboard.clustering.embed import (EmbeddingCache, Processes, iter_embeddings, load_clip, merge_caches, open_for_embedding,
-                              parse_shard, shard_indices)
 from storyboard.devkit.shot_composites import composite
 
 

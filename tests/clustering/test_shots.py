@@ -6,11 +6,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storyboard.devkit.shot_composites import composite
-from storyboard.clustering.shots import (DEFAULT_FACE_BOUNDS, ClipZeroShotJudge, Measurement, OpenCVShotEstimator, ShotGuess,
-                              composite_items, evaluate, evaluate_estimator, fit_face_bounds, load_ground_truth,
-                              trim_uniform_borders)
+from storyboard.clustering.shots import (
+    DEFAULT_FACE_BOUNDS,
+    ClipZeroShotJudge,
+    Measurement,
+    OpenCVShotEstimator,
+    ShotGuess,
+    composite_items,
+    evaluate,
+    evaluate_estimator,
+    fit_face_bounds,
+    load_ground_truth,
+    trim_uniform_borders,
+)
 from storyboard.core.vocabulary import load_vocabulary
+from storyboard.devkit.shot_composites import composite
 
 ORDER = [t.key for t in load_vocabulary().shot_sizes]
 

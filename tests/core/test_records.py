@@ -8,8 +8,16 @@ import textwrap
 import pytest
 
 from storyboard.core.records import (
-    AccountingError, RecordError, StageRecords, atomic_write, check_fields, load_jsonl, read_jsonl,
-    rejects_path_for, resolve_under, write_jsonl,
+    AccountingError,
+    RecordError,
+    StageRecords,
+    atomic_write,
+    check_fields,
+    load_jsonl,
+    read_jsonl,
+    rejects_path_for,
+    resolve_under,
+    write_jsonl,
 )
 
 
@@ -104,10 +112,9 @@ def test_check_fields_types():
 def test_atomic_write_failure_keeps_old_file_and_leaves_no_temp(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text("old\n", encoding="utf-8")
-    with pytest.raises(RuntimeError):
-        with atomic_write(path) as fh:
-            fh.write("half of the new")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_write(path) as fh:
+        fh.write("half of the new")
+        raise RuntimeError("interrupted")
     assert path.read_text(encoding="utf-8") == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
 
@@ -178,10 +185,9 @@ def test_accounting_catches_a_lost_record_and_writes_nothing(tmp_path):
     source = tmp_path / "raw.jsonl"
     _mixed_input(source)
     out = tmp_path / "clean.jsonl"
-    with pytest.raises(AccountingError, match="read 5"):
-        with StageRecords(out, stage="lossy") as stage:
-            for item in stage.read_from(source):
-                pass  # forgets to accept or reject
+    with pytest.raises(AccountingError, match="read 5"), StageRecords(out, stage="lossy") as stage:
+        for item in stage.read_from(source):
+            pass  # forgets to accept or reject
     assert not out.exists() and not (tmp_path / "clean.rejects.jsonl").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.jsonl"]
 
@@ -189,11 +195,10 @@ def test_accounting_catches_a_lost_record_and_writes_nothing(tmp_path):
 def test_stage_error_keeps_previous_outputs(tmp_path):
     out = tmp_path / "clean.jsonl"
     write_jsonl(out, [{"id": "good"}])
-    with pytest.raises(ValueError):
-        with StageRecords(out, stage="boom") as stage:
-            stage.count_read()
-            stage.accept({"id": "new"})
-            raise ValueError("crash mid-stage")
+    with pytest.raises(ValueError), StageRecords(out, stage="boom") as stage:
+        stage.count_read()
+        stage.accept({"id": "new"})
+        raise ValueError("crash mid-stage")
     assert load_jsonl(out) == [{"id": "good"}]
 
 
@@ -221,10 +226,9 @@ def test_atomic_dir_swaps_whole_folders(tmp_path):
     with atomic_dir(final) as tmp:
         (tmp / "a.txt").write_text("one")
     assert (final / "a.txt").read_text() == "one"
-    with pytest.raises(RuntimeError):
-        with atomic_dir(final) as tmp:
-            (tmp / "a.txt").write_text("half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("interrupted")
     assert (final / "a.txt").read_text() == "one"
     with atomic_dir(final) as tmp:
         (tmp / "b.txt").write_text("two")

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image, ImageOps
 
 from storyboard.core.records import read_jsonl
+from storyboard.core.vocabulary import load_vocabulary
 from storyboard.devkit.sample_data import generate
 from storyboard.devkit.sample_data.metadata import FILMS, title_key
-from storyboard.core.vocabulary import load_vocabulary
+
 from support import REPO, run_command
 
 VOCAB = load_vocabulary()

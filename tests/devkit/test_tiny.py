@@ -10,7 +10,15 @@ import torch
 
 from storyboard.core.cli import UserError, run_main
 from storyboard.devkit.tiny import (
-    BUILDERS, MARKER, TINY_CLIP_CFG, TINY_CLIP_NAME, TinyModel, build_all, clip_bpe_vocab_path, main, read_marker,
+    BUILDERS,
+    MARKER,
+    TINY_CLIP_CFG,
+    TINY_CLIP_NAME,
+    TinyModel,
+    build_all,
+    clip_bpe_vocab_path,
+    main,
+    read_marker,
 )
 
 PROMPTS = [

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storyboard.images.bubbles import INPAINT_METHODS, bubble_scores, detect_bubbles, inpaint, remove_bubbles
 from storyboard.core.imageio import load_rgb
+from storyboard.images.bubbles import INPAINT_METHODS, bubble_scores, detect_bubbles, inpaint, remove_bubbles
 
 TARGET_IOU = 0.85
 MAX_FP_AREA = 0.005

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support import REPO, run_front_door, user_env
 
-from storyboard.images.finalize import FinalizeSettings, finalize_dataset, parse_shard, safe_name
 from storyboard.core.records import load_jsonl
+from storyboard.images.finalize import FinalizeSettings, finalize_dataset, parse_shard, safe_name
 from storyboard.images.squares import box_to_source, box_to_square, detect_subject, make_square, transform_from_record
+
+from support import REPO, run_front_door, user_env
 
 SCRIPT = REPO / "Data_preprocessing_method" / "03_finalize_dataset.py"
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support import REPO, run_front_door
 
 from storyboard.core.cli import UserError
+from storyboard.core.records import load_jsonl
 from storyboard.images.finalize import FinalizeSettings, finalize_dataset
 from storyboard.images.lineart import LineartSettings, ModelBackend, canny, load_detector, record_seed, xdog
 from storyboard.images.lineart_stage import lineart_name, run_lineart
-from storyboard.core.records import load_jsonl
+
+from support import REPO, run_front_door
 
 SCRIPT = REPO / "Data_preprocessing_Line" / "01_preprocessing.py"
 

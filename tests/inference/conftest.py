@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from support import run_command
 from trigger_helpers import TRAIN
 

@@ -10,12 +10,21 @@ import numpy as np
 import pytest
 
 from storyboard.core.cli import UserError
-from storyboard.inference.generate import (Checkpoint, a1111_parameters, parse_parameters, plain_prompt, png_bytes,
-                                 prepare_prompt, read_checkpoint, read_png_metadata, read_png_parameters)
 from storyboard.core.vocabulary import load_vocabulary
+from storyboard.inference.generate import (
+    Checkpoint,
+    a1111_parameters,
+    parse_parameters,
+    plain_prompt,
+    png_bytes,
+    prepare_prompt,
+    read_checkpoint,
+    read_png_metadata,
+    read_png_parameters,
+)
 
-from trigger_helpers import INFERENCE, copy_checkpoint, edit_manifest, pixels, seed_root
 from support import REPO, run_command, user_env
+from trigger_helpers import INFERENCE, copy_checkpoint, edit_manifest, pixels, seed_root
 
 SEED_PROMPT = "<fs_trg>, full shot, Eye level, outdoor"
 

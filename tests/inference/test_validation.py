@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from storyboard.core.cli import UserError
-from storyboard.inference.validate import make_validation_records, read_validation_prompts, shard
 from storyboard.core.vocabulary import load_vocabulary
+from storyboard.inference.validate import make_validation_records, read_validation_prompts, shard
 
-from trigger_helpers import VALIDATION, pixels, seed_root
 from support import run_command, user_env
+from trigger_helpers import VALIDATION, pixels, seed_root
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +171,8 @@ class AlwaysFull:
 
 
 def test_fidelity_table_counts(tmp_path, tiny_models, trained_checkpoint, vocab):
-    from storyboard.inference.validate import run_validation
     from storyboard.inference.report import write_report
+    from storyboard.inference.validate import run_validation
 
     prompts = _small_prompts(tmp_path / "v.jsonl", vocab)
     out = tmp_path / "out"

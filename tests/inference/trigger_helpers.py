@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
 from support import REPO
 
 INFERENCE = REPO / "inference_trigger.py"

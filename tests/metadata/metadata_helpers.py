@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from PIL import Image
+
 from support import REPO, read_jsonl, run_front_door
 
 COLLECT = REPO / "Dataset_collect_title_method" / "collect_title_matches.py"

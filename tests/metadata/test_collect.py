@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from metadata_helpers import COLLECT, EXPECTED, TITLES_CSV, collect_sample, make_crawl, outcome_by_ref, sample_truth
-from support import read_jsonl, run_front_door
 from storyboard.core.cli import UserError
-from storyboard.metadata.collect import CollectConfig, collect, map_raw_text_fields
 from storyboard.core.records import RecordError
 from storyboard.core.textnorm import normalize
+from storyboard.metadata.collect import CollectConfig, collect, map_raw_text_fields
 from storyboard.metadata.titles import TitleEntry, TitleIndex, load_titles, title_keys
+
+from metadata_helpers import COLLECT, EXPECTED, TITLES_CSV, collect_sample, make_crawl, outcome_by_ref, sample_truth
+from support import read_jsonl, run_front_door
 
 ENTRIES = [
     TitleEntry("Parasite", "기생충", 2019, ("Gisaengchung",)),
@@ -88,7 +89,7 @@ def test_titles_jsonl_and_csv_load_the_same(tmp_path):
     jsonl.write_text("\n".join(json.dumps(
         {"title": e.title, "original_title": e.original_title, "year": e.year, "aliases": list(e.aliases)},
         ensure_ascii=False) for e in load_titles(csv_path)), encoding="utf-8")
-    strip = lambda entries: [(e.title, e.original_title, e.year, e.aliases) for e in entries]  # noqa: E731
+    strip = lambda entries: [(e.title, e.original_title, e.year, e.aliases) for e in entries]
     assert strip(load_titles(csv_path)) == strip(load_titles(jsonl))
     assert load_titles(csv_path)[0].aliases == ("Gisaengchung", "패러사이트")
 

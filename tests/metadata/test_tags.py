@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from storyboard.core.records import RecordError
+from storyboard.core.vocabulary import load_vocabulary
+from storyboard.metadata.tags import clean_caption, clean_tags, preprocess_record
+
 from metadata_helpers import COLLECT, TAGS, TRANSLATE, collect_sample, make_crawl, sample_truth, seed_layout
 from support import read_jsonl, run_front_door
-from storyboard.core.records import RecordError
-from storyboard.metadata.tags import clean_caption, clean_tags, preprocess_record
-from storyboard.core.vocabulary import load_vocabulary
 
 VOCAB = load_vocabulary()
 

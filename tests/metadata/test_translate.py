@@ -8,15 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from metadata_helpers import TRANSLATE, seed_layout
-from support import read_jsonl, run_front_door
 from storyboard.core.records import RecordError
+from storyboard.core.vocabulary import load_vocabulary
 from storyboard.devkit.tiny_marian import build_tiny_marian
 from storyboard.metadata.translate import (
-    KeepKorean, MarianTranslator, TranslationCache, check_record, prompt_text, strip_vocabulary_words,
+    KeepKorean,
+    MarianTranslator,
+    TranslationCache,
+    check_record,
+    prompt_text,
+    strip_vocabulary_words,
     translate_records,
 )
-from storyboard.core.vocabulary import load_vocabulary
+
+from metadata_helpers import TRANSLATE, seed_layout
+from support import read_jsonl, run_front_door
 
 VOCAB = load_vocabulary()
 OPUS_MT_FILES = {"source.spm", "target.spm", "vocab.json", "tokenizer_config.json", "config.json",
@@ -72,7 +78,7 @@ def test_check_record_rejects_wrong_types():
 
 @pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
 def test_tiny_marian_has_the_opus_mt_layout_and_is_deterministic(marian, tmp_path):
-    assert OPUS_MT_FILES <= {p.name for p in marian.iterdir()}
+    assert {p.name for p in marian.iterdir()} >= OPUS_MT_FILES
     from transformers import MarianMTModel, MarianTokenizer
 
     tokenizer = MarianTokenizer.from_pretrained(marian)

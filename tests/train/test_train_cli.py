@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+
 from support import run_command, run_front_door, user_env
 from train_support import FRONT_DOOR, LAUNCHER, fast_flags, make_dataset, run_trainer, train_args
 

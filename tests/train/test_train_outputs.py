@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from train_support import load_safetensors, make_dataset, train_args, train_in_process
 
 RANK, ALPHA = 4, 2.0  # alpha != rank: a converter that writes alpha = rank would show here
@@ -161,8 +162,8 @@ def bf16_run(tiny_models, tmp_path_factory):
     """The module's run with ``--mixed_precision bf16``, watched at every micro-batch: the dtypes of the
     trainable and frozen weights while training, each loss, and the frozen token rows as training holds
     them (after the last micro-batch)."""
-    from storyboard.train.tokens import find_trigger_embedding
     from storyboard.train import loop
+    from storyboard.train.tokens import find_trigger_embedding
 
     argv, result = _run_argv(tiny_models / "model_sd", tmp_path_factory.mktemp("train_bf16"), mixed_precision="bf16")
     seen = {"trainable": {}, "frozen": set(), "losses": [], "base_rows": None}
@@ -222,7 +223,7 @@ def test_bf16_saves_every_file_in_fp32_like_the_fp32_run(run, bf16_run):
     assert set(bf16) == set(fp32) and "checkpoint-3/training_state/trainable.safetensors" in bf16
     assert bf16 == fp32
     assert {dtype for tensors in bf16.values() for dtype, _ in tensors.values()} == {torch.float32}
-    others = lambda out: sorted(str(p.relative_to(out)) for p in out.rglob("*")  # noqa: E731
+    others = lambda out: sorted(str(p.relative_to(out)) for p in out.rglob("*")
                                 if p.is_file() and p.suffix != ".safetensors")
     assert others(bf16_run["out"]) == others(run["out"])  # manifests, loss log, previews, training state
     assert set(bf16_run["manifest"]["files"]["sha256"]) == set(json.loads(

@@ -5,9 +5,10 @@ import json
 
 import pytest
 import torch
-from train_support import load_safetensors, make_dataset, train_args, train_in_process
 
 from storyboard.core.cli import UserError
+
+from train_support import load_safetensors, make_dataset, train_args, train_in_process
 
 # Every source of randomness on: augmentations, caption shuffle and dropout, LoRA dropout, noise
 # offset, accumulation, no latent cache (the VAE samples each step), pivotal token stop at step 4.

@@ -7,10 +7,16 @@ import pytest
 import torch
 
 from storyboard.core.cli import UserError
-from storyboard.train.tokens import (TriggerEmbedding, add_trigger_tokens, install_trigger_embedding,
-                               merge_trigger_embedding, resolve_trigger_specs, trigger_rows)
-from storyboard.train.data import CaptionPolicy, StepBatchSampler
 from storyboard.core.vocabulary import load_vocabulary
+from storyboard.train.data import CaptionPolicy, StepBatchSampler
+from storyboard.train.tokens import (
+    TriggerEmbedding,
+    add_trigger_tokens,
+    install_trigger_embedding,
+    merge_trigger_embedding,
+    resolve_trigger_specs,
+    trigger_rows,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+
 from support import REPO, run_front_door
 
 FRONT_DOOR = REPO / "train_trigger02.py"
@@ -69,8 +70,8 @@ def train_in_process(argv: list[str]) -> int:
     """Run the trainer here (one process): much faster than a subprocess in tests."""
     import torch
 
-    from storyboard.train.args import build_parser
     from storyboard.train import run
+    from storyboard.train.args import build_parser
 
     threads, progress = torch.get_num_threads(), os.environ.get("STORYBOARD_NO_PROGRESS")
     torch.set_num_threads(1)  # tiny models: one thread beats two on 2 shared cores

@@ -5,8 +5,8 @@ import argparse
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from storyboard.core.cli import format_table, run_main
 from storyboard.devkit.sample_data import GENERATOR_VERSION, MIN_COUNT, already_generated, generate

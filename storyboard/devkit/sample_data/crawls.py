@@ -14,7 +14,17 @@ import numpy as np
 
 from storyboard.core.records import dumps_record
 from storyboard.core.vocabulary import Vocabulary
-from storyboard.devkit.sample_data.metadata import CRAWLS, FAULTS, FILMS, Film, caption, spell, tags, tags_field, title_variant
+from storyboard.devkit.sample_data.metadata import (
+    CRAWLS,
+    FAULTS,
+    FILMS,
+    Film,
+    caption,
+    spell,
+    tags,
+    tags_field,
+    title_variant,
+)
 
 
 @dataclass
@@ -34,7 +44,7 @@ class Line:
     truth: dict
     text: str | None = None
     key: str = ""
-    refers: "Line | None" = field(default=None, repr=False)  # the kept line a duplicate repeats
+    refers: Line | None = field(default=None, repr=False)  # the kept line a duplicate repeats
 
 
 def _record(rng, vocab: Vocabulary, item: Item, crawl: str, k: int, omit_shot: bool,

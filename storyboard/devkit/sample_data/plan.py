@@ -101,7 +101,7 @@ def _saves(rng, specs: list[ImageSpec]) -> None:
             spec.save = "jpeg" if rng.random() < 0.75 else "png"
     source = next(s for s in specs if s.kind == "still" and s.film is FILMS[0])
     source.save, source.copy_source = "jpeg", True
-    free = lambda s: s.kind == "still" and not s.copy_source and s.save in ("jpeg", "png")  # noqa: E731
+    free = lambda s: s.kind == "still" and not s.copy_source and s.save in ("jpeg", "png")
     specials = [("exif_jpeg", lambda s: free(s) and s.shot in CLOSE_SHOTS and s.angle != "dutch"),
                 ("rgba_png", free), ("gray_jpeg", free), ("palette_png", free), ("gif", free)]
     if len(specs) >= 40:

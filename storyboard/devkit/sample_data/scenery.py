@@ -9,7 +9,16 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from storyboard.devkit.sample_data.backgrounds import SKIES, WALLS, Ground, fog, ground_plane, ground_texture, shade_rect, sky
+from storyboard.devkit.sample_data.backgrounds import (
+    SKIES,
+    WALLS,
+    Ground,
+    fog,
+    ground_plane,
+    ground_texture,
+    shade_rect,
+    sky,
+)
 
 
 def _mix(colour, haze, amount: float) -> tuple[float, float, float]:
@@ -105,7 +114,7 @@ def _towering(rng, rgb, ground: Ground, location: str) -> list[str]:
         xb = xa + rng.uniform(0.15, 0.45) * w
         yt = rng.uniform(-0.1, 0.45) * h
         base = 1.15 * h
-        toward = lambda x: vx + (x - vx) * (yt - vy) / (base - vy)  # noqa: E731
+        toward = lambda x: vx + (x - vx) * (yt - vy) / (base - vy)
         poly = np.array([(xa, base), (xb, base), (toward(xb), yt), (toward(xa), yt)], np.int32)
         colour = colours[int(rng.integers(len(colours)))]
         cv2.fillPoly(rgb, [poly], colour, cv2.LINE_AA)

@@ -15,7 +15,14 @@ import cv2
 import numpy as np
 
 from storyboard.devkit.sample_data.backgrounds import Ground
-from storyboard.devkit.sample_data.figure import EYE_UNITS, FACE_UNITS, FIGURE_UNITS, Placement, draw_figure, random_look
+from storyboard.devkit.sample_data.figure import (
+    EYE_UNITS,
+    FACE_UNITS,
+    FIGURE_UNITS,
+    Placement,
+    draw_figure,
+    random_look,
+)
 from storyboard.devkit.sample_data.fonts import korean_font
 from storyboard.devkit.sample_data.scenery import indoor, outdoor
 
@@ -88,8 +95,8 @@ def _keystone(angle: str, place: Placement, frame_mid: float) -> np.ndarray:
     bottom, top, height = KEYSTONE.get(angle, (1.0, 1.0, 1.0))
     y0, y1 = place.top_y, place.feet_y
     pivot = float(np.clip(frame_mid, y0, y1))
-    along = lambda y: (y - y0) / (y1 - y0)  # noqa: E731  (0 at the head, 1 at the feet)
-    width = lambda y: top + (bottom - top) * along(y)  # noqa: E731
+    along = lambda y: (y - y0) / (y1 - y0)
+    width = lambda y: top + (bottom - top) * along(y)
     scale_top, scale_bottom = width(y0) / width(pivot), width(y1) / width(pivot)
     r = 2.0 * place.head_px
     cx = place.center_x
@@ -151,7 +158,7 @@ def render_scene(rng: np.random.Generator, shot: str, angle: str, location: str,
     if angle == "birds_eye" or (angle != "worms_eye" and place.feet_y > ground.hy):  # feet on visible ground
         _shadow(bg, matrix, padded)
     layer = draw_figure((cw + 2 * px, ch + 2 * py), padded, random_look(rng))
-    warp = lambda img, flags: cv2.warpPerspective(img, matrix, (cw, ch), flags=flags, borderValue=0)  # noqa: E731
+    warp = lambda img, flags: cv2.warpPerspective(img, matrix, (cw, ch), flags=flags, borderValue=0)
     rgb, alpha = warp(layer.rgb, cv2.INTER_LINEAR), warp(layer.alpha, cv2.INTER_LINEAR)
     face = warp(layer.face.astype(np.uint8), cv2.INTER_NEAREST)
     out = bg * (1 - alpha[..., None]) + rgb.astype(np.float32) * alpha[..., None]
