@@ -68,7 +68,7 @@ def _save_random_pipeline(folder: Path, seed: int, components, label: str) -> Pa
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from storyboard.devkit.tiny import build_clip_tokenizer
+    from storyboard.core.clip_tokenizer import build_clip_tokenizer
 
     with atomic_dir(folder) as tmp, tempfile.TemporaryDirectory() as scratch:
         pipe = StableDiffusionPipeline(**components(seed), tokenizer=build_clip_tokenizer(scratch),

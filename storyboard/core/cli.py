@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from tqdm.auto import tqdm
+
 T = TypeVar("T")
 
 
@@ -37,8 +39,6 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
     """A tqdm bar on stderr; quiet when STORYBOARD_NO_PROGRESS is set (tests, logs)."""
-    from tqdm.auto import tqdm
-
     disable = bool(os.environ.get("STORYBOARD_NO_PROGRESS"))
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True)
 

@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from storyboard.core.records import atomic_write
 
@@ -44,8 +45,6 @@ def escape(value: object) -> str:
 def relative_href(target: Path, page_dir: Path) -> str:
     """A link from a page in ``page_dir`` to ``target``, percent-safe for Korean and spaces."""
     rel = os.path.relpath(Path(target).resolve(), Path(page_dir).resolve())
-    from urllib.parse import quote
-
     return quote(rel.replace(os.sep, "/"))
 
 

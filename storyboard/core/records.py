@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from storyboard.core.cli import format_table
+from storyboard.core.cli import UserError, format_table
 
 # The reasons a record can be rejected for: one small fixed set, shared by every stage.
 REJECT_REASONS: dict[str, str] = {
@@ -127,7 +127,8 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[JsonlItem]:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raw = line.decode("utf-8", errors="replace")
-                yield JsonlItem(str(path), number, raw, error=RecordError("malformed_json", f"not UTF-8 ({exc.reason})"))
+                error = RecordError("malformed_json", f"not UTF-8 ({exc.reason})")
+                yield JsonlItem(str(path), number, raw, error=error)
                 continue
         else:
             text = line
@@ -160,8 +161,6 @@ def load_jsonl(path: str | os.PathLike) -> list[dict]:
 def read_json_object(path: str | os.PathLike, what: str, holding: str = "a JSON object") -> dict:
     """A JSON object a user hands us (a config, a labels file); any problem is one ``UserError`` line
     naming ``what`` and the path. ``holding`` says what the file should hold when it is not an object."""
-    from storyboard.core.cli import UserError
-
     path = Path(path)
     try:
         value = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -210,7 +209,8 @@ def harmonize_field_types(records: list[dict]) -> list[str]:
     for record in records:
         for name, value in record.items():
             if value is not None:
-                kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+                is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                kind = "number" if is_number else type(value).__name__
                 kinds.setdefault(name, set()).add(kind)
     mixed = sorted(name for name, seen in kinds.items() if len(seen) > 1)
     for record in records:
@@ -230,7 +230,8 @@ def resolve_under(root: str | os.PathLike, relative: object) -> Path:
         raise RecordError("missing_field", "no image path")
     if "\x00" in relative:
         raise RecordError("path_escape", "path holds a NUL byte")
-    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).is_absolute() or PureWindowsPath(relative).drive:
+    windows = PureWindowsPath(relative)
+    if PurePosixPath(relative).is_absolute() or windows.is_absolute() or windows.drive:
         raise RecordError("path_escape", f"absolute path {relative!r}; paths must be relative to the data root")
     root = Path(root)
     candidate = root / PurePosixPath(relative.replace("\\", "/"))

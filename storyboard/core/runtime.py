@@ -35,7 +35,7 @@ _HASH_CACHE: dict[tuple[str, int, int, bool], str] = {}
 # ------------------------------------------------------------------------------------------------
 def resolve_device(device: str | None) -> Any:
     """``--device`` -> a ``torch.device``; a device this machine lacks is a ``UserError``."""
-    import torch
+    import torch  # noqa: PLC0415 (torch only when a device is asked for: the metadata stages use this module without it)
 
     if device in (None, "", "auto"):
         if torch.cuda.is_available():
@@ -74,7 +74,7 @@ def add_dtype_argument(group: Any, help_auto: str = "fp16 on a GPU, fp32 elsewhe
 def resolve_dtype(dtype: str, device: Any) -> Any:
     """``--dtype`` on ``device`` -> a ``torch.dtype``; fp16 on a CPU is a ``UserError`` (torch has no fast
     fp16 kernels there and accelerate no fp16 autocast)."""
-    import torch
+    import torch  # noqa: PLC0415 (as above)
 
     name = dtype_name(dtype or "auto")
     if name == "auto":
@@ -127,8 +127,8 @@ def parse_shard(value: str | None) -> tuple[int, int]:
 def quiet_libraries(level: int = logging.ERROR) -> None:
     """The libraries' own loading bars and notices would drown our one progress bar: their bars off,
     their messages from ``level`` up (the trainer's main process keeps warnings)."""
-    import diffusers
-    import transformers
+    import diffusers  # noqa: PLC0415 (only the model stages call this; the others never import diffusers)
+    import transformers  # noqa: PLC0415
 
     for lib in (diffusers, transformers):
         lib.utils.logging.disable_progress_bar()
@@ -140,7 +140,7 @@ def quiet_libraries(level: int = logging.ERROR) -> None:
 # ------------------------------------------------------------------------------------------------
 def wants_cpu(device: str | None) -> bool:
     """Whether processes started by ``accelerate launch`` should join a CPU (gloo) group."""
-    import torch
+    import torch  # noqa: PLC0415 (as in resolve_device)
 
     return (device == "cpu" or (device in ("auto", None, "") and not torch.cuda.is_available())
             or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
@@ -173,7 +173,7 @@ def current_processes(device: str | None = "auto") -> Processes:
     they join one gloo group, which ``PartialState(cpu=True)`` sets up."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Processes()
-    from accelerate import PartialState
+    from accelerate import PartialState  # noqa: PLC0415 (only under `accelerate launch`)
 
     state = PartialState(cpu=wants_cpu(device))
     return Processes(state.process_index, state.num_processes, state)

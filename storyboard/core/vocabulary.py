@@ -263,7 +263,8 @@ def _parse_terms(data: dict) -> Iterable[Term]:
                 if not term.initializer:
                     raise UserError(f"vocabulary: shot size {key!r} needs initializer words")
                 if term.token in seen_tokens:
-                    raise UserError(f"vocabulary: token {term.token} is used by both {seen_tokens[term.token]!r} and {key!r}")
+                    raise UserError(f"vocabulary: token {term.token} is used by both {seen_tokens[term.token]!r} "
+                                    f"and {key!r}")
                 seen_tokens[term.token] = key
             yield term
 

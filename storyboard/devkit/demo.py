@@ -23,7 +23,9 @@ from pathlib import Path
 
 from storyboard.core.cli import UserError, run_main
 from storyboard.core.html import Section, write_index
+from storyboard.core.records import rejects_path_for, run_info_path_for
 from storyboard.devkit.demo_clustering import step_clustering
+from storyboard.inference.report import read_report_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WORK = REPO_ROOT / "demo_run"  # the demo's work folder, laid out like the seed's root
@@ -80,7 +82,8 @@ def step_sample_data(demo: Demo) -> Section:
         "Sample data",
         f"{len(images)} procedurally drawn stills and conti frames (real face photo composited, Korean "
         "speech bubbles, odd image modes) with raw Korean metadata and planted faults.",
-        links=[("raw/crawl_a.jsonl", out / "raw" / "crawl_a.jsonl"), ("raw/crawl_b.jsonl", out / "raw" / "crawl_b.jsonl"),
+        links=[("raw/crawl_a.jsonl", out / "raw" / "crawl_a.jsonl"),
+               ("raw/crawl_b.jsonl", out / "raw" / "crawl_b.jsonl"),
                ("titles.csv", out / "titles.csv"), ("ground_truth.json", out / "ground_truth.json")],
         thumbs=thumbs,
         table=(("planted fault", "source", "line", "expected reject reason"), faults),
@@ -90,8 +93,6 @@ def step_sample_data(demo: Demo) -> Section:
 
 def _stage_section(title: str, text: str, output: Path, command: str) -> Section:
     """A section for a JSONL stage: its summary (from <output>.run.json) and links to what it wrote."""
-    from storyboard.core.records import rejects_path_for, run_info_path_for
-
     run = json.loads(run_info_path_for(output).read_text(encoding="utf-8"))
     summary = run["summary"]
     rows = [("read", summary["read"]), ("written", summary["written"])]
@@ -207,14 +208,13 @@ def step_inference(demo: Demo) -> Section:
     out = demo.work / "model_output" / "sample.png"
     command = demo.python(REPO_ROOT / "inference_trigger.py", "--base-model", "./model_sd",
                           "--checkpoint", "./model_sd_weight/train_fs",
-                          "--prompt", "<fs_trg>, full shot, Eye level, outdoor", "--output", "./model_output/sample.png")
+                          "--prompt", "<fs_trg>, full shot, Eye level, outdoor",
+                          "--output", "./model_output/sample.png")
     return Section("Inference", "The seed's inference call; the PNG carries A1111-style `parameters` text and a "
                    "sidecar JSONL.", thumbs=[(out, "<fs_trg>, full shot, Eye level, outdoor")], command=command)
 
 
 def step_validation(demo: Demo) -> Section:
-    from storyboard.inference.report import read_report_summary
-
     prompts = demo.work / "validation" / "validation.jsonl"
     demo.python(REPO_ROOT / "validation" / "make_validation_jsonl.py", "--shots", "full", "medium", "close_up",
                 "--angles", "eye_level", "--locations", "outdoor", "--subjects", "a man in a grey coat",
@@ -262,7 +262,8 @@ def run_demo(work: Path, seed: int) -> Path:
         section.text = f"{section.text} ({time.time() - started:.1f} s)".strip()
         sections.append(section)
     index = write_index(work / "index.html", "Storyboard Trigger demo", sections,
-                        subtitle="Every stage that exists, run through its real script on the sample data and tiny models.")
+                        subtitle="Every stage that exists, run through its real script on the sample data and "
+                                 "tiny models.")
     return index
 
 

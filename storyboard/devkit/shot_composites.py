@@ -17,6 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from skimage import data
 
 # Frame height in head heights (hair top to chin) and the space above the head top, also in head
 # heights, for each built-in shot size. The body is 7.5 heads tall.
@@ -44,8 +45,6 @@ class Composite:
 
 @lru_cache(maxsize=1)
 def _head() -> Image.Image:
-    from skimage import data
-
     top, bottom, left, right = _HEAD_BOX
     return Image.fromarray(data.astronaut()[top:bottom, left:right])
 

@@ -48,25 +48,31 @@ To add a tiny model: write ``build_tiny_x(folder, seed)`` that fills an empty ``
 from __future__ import annotations
 
 import argparse
-import gzip
+import copy
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import open_clip
+import safetensors.torch
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from open_clip.model import set_model_preprocess_cfg
+from open_clip.push_to_hf_hub import save_config_for_hf
+from open_clip.transform import PreprocessCfg
+from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
+
 from storyboard.core.cli import UserError, run_main
-from storyboard.core.records import atomic_dir, atomic_write, atomic_write_json, read_json_object_or_none
+from storyboard.core.clip_tokenizer import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE, build_clip_tokenizer
+from storyboard.core.records import atomic_dir, atomic_write_json, read_json_object_or_none
+from storyboard.devkit import tiny_lineart
+from storyboard.devkit.tiny_marian import build_tiny_marian
 
 MARKER = ".tiny_done"
 DEFAULT_SEED = 0
-
-# CLIP's special tokens, by the names Stable Diffusion's tokenizer files use (open_clip spells them
-# <start_of_text>/<end_of_text>; the ids, 49406/49407, are the same).
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-CLIP_VOCAB_SIZE = 49408
-CLIP_CONTEXT_LENGTH = 77
 
 # The tiny open_clip architecture. Vision head_width must divide width (open_clip's default, 64,
 # would leave a 32-wide tower with zero heads).
@@ -74,65 +80,9 @@ TINY_CLIP_NAME = "tiny-clip"
 TINY_CLIP_CFG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": CLIP_CONTEXT_LENGTH, "vocab_size": CLIP_VOCAB_SIZE, "width": 32, "heads": 4, "layers": 2},
+    "text_cfg": {"context_length": CLIP_CONTEXT_LENGTH, "vocab_size": CLIP_VOCAB_SIZE, "width": 32, "heads": 4,
+                 "layers": 2},
 }
-
-
-# --------------------------------------------------------------------------------------------
-# The CLIP tokenizer, offline
-# --------------------------------------------------------------------------------------------
-def clip_bpe_vocab_path() -> Path:
-    """open_clip's shipped ``bpe_simple_vocab_16e6.txt.gz``: the merges CLIP's tokenizer is built from."""
-    from open_clip.tokenizer import default_bpe
-
-    path = Path(default_bpe())
-    if not path.is_file():
-        raise UserError(f"open_clip's BPE vocabulary is missing: {path} (reinstall open_clip_torch)")
-    return path
-
-
-def _added_token(content: str) -> dict:
-    return {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
-
-
-def build_clip_tokenizer(out_dir: str | Path):
-    """Write SD1.5's tokenizer files (the real CLIP BPE) into ``out_dir`` and load them back.
-
-    The vocabulary is laid out the way open_clip's ``SimpleTokenizer`` builds it, so ids match
-    ``open_clip.tokenize`` token for token.
-    """
-    from open_clip.tokenizer import bytes_to_unicode
-    from transformers import CLIPTokenizer
-
-    out_dir = Path(out_dir)
-    lines = gzip.open(clip_bpe_vocab_path()).read().decode("utf-8").split("\n")
-    # Line 0 is a header; CLIP uses exactly enough merges to reach 49,152 + 2 special tokens.
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    byte_symbols = list(bytes_to_unicode().values())
-    vocab = byte_symbols + [s + "</w>" for s in byte_symbols]
-    vocab += ["".join(merge.split()) for merge in merges] + [BOS, EOS]
-    if len(vocab) != CLIP_VOCAB_SIZE or len(set(vocab)) != CLIP_VOCAB_SIZE:
-        raise RuntimeError(f"CLIP vocabulary came out with {len(vocab)} tokens, expected {CLIP_VOCAB_SIZE}")
-
-    atomic_write_json(out_dir / "vocab.json", {token: i for i, token in enumerate(vocab)})
-    with atomic_write(out_dir / "merges.txt") as fh:
-        fh.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-    atomic_write_json(out_dir / "special_tokens_map.json", {
-        "bos_token": _added_token(BOS), "eos_token": _added_token(EOS),
-        "pad_token": EOS, "unk_token": _added_token(EOS),
-    })
-    atomic_write_json(out_dir / "tokenizer_config.json", {
-        "add_prefix_space": False,
-        "bos_token": {"__type": "AddedToken", **_added_token(BOS)},
-        "do_lower_case": True,
-        "eos_token": {"__type": "AddedToken", **_added_token(EOS)},
-        "errors": "replace",
-        "model_max_length": CLIP_CONTEXT_LENGTH,
-        "pad_token": EOS,
-        "tokenizer_class": "CLIPTokenizer",
-        "unk_token": {"__type": "AddedToken", **_added_token(EOS)},
-    })
-    return CLIPTokenizer.from_pretrained(out_dir, model_max_length=CLIP_CONTEXT_LENGTH)
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,10 +90,6 @@ def build_clip_tokenizer(out_dir: str | Path):
 # --------------------------------------------------------------------------------------------
 def _tiny_sd_components(seed: int) -> dict:
     """UNet, VAE, text encoder and scheduler with SD1.5's layout at toy width."""
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
-
     # Re-seed before each part so changing one part's shape leaves the others' weights as they were.
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -182,8 +128,6 @@ def _tiny_sd_components(seed: int) -> dict:
 
 def build_tiny_sd(folder: str | Path, seed: int = DEFAULT_SEED) -> Path:
     """Write a tiny SD1.5-layout ``StableDiffusionPipeline`` folder into ``folder``."""
-    from diffusers import StableDiffusionPipeline
-
     folder = Path(folder)
     with tempfile.TemporaryDirectory(prefix="clip-tokenizer-") as scratch:
         tokenizer = build_clip_tokenizer(scratch)
@@ -203,16 +147,6 @@ def build_tiny_sd(folder: str | Path, seed: int = DEFAULT_SEED) -> Path:
 
 def build_tiny_open_clip(folder: str | Path, seed: int = DEFAULT_SEED) -> Path:
     """Write the tiny open_clip model into ``folder`` in both loadable forms (see the module doc)."""
-    import copy
-    from dataclasses import asdict
-
-    import open_clip
-    import safetensors.torch
-    import torch
-    from open_clip.model import set_model_preprocess_cfg
-    from open_clip.push_to_hf_hub import save_config_for_hf
-    from open_clip.transform import PreprocessCfg
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -233,21 +167,8 @@ def build_tiny_open_clip(folder: str | Path, seed: int = DEFAULT_SEED) -> Path:
 
 def build_tiny_marian_folder(folder: str | Path, seed: int = DEFAULT_SEED) -> Path:
     """A tiny MarianMT ko->en folder (the layout of opus-mt-ko-en) for 02_translate.py --backend marian."""
-    from storyboard.devkit.tiny_marian import build_tiny_marian
-
     build_tiny_marian(Path(folder), seed)
     return Path(folder)
-
-
-def _lineart_builder(name: str) -> Callable[[Path, int], Path]:
-    """Defer importing the line-art builders until one is asked for."""
-
-    def build(folder: Path, seed: int = DEFAULT_SEED) -> Path:
-        from storyboard.devkit import tiny_lineart
-
-        return getattr(tiny_lineart, name)(folder, seed)
-
-    return build
 
 
 @dataclass(frozen=True)
@@ -263,11 +184,12 @@ class TinyModel:
 BUILDERS: dict[str, TinyModel] = {
     "model_sd": TinyModel(build_tiny_sd, 1, "SD1.5-layout diffusers pipeline with the real CLIP tokenizer"),
     "clip": TinyModel(build_tiny_open_clip, 1, "open_clip ViT CLIP (local-dir and config+checkpoint forms)"),
-    "marian_ko_en": TinyModel(build_tiny_marian_folder, 1, "MarianMT ko->en with a locally trained SentencePiece vocabulary"),
-    "model_sdxl": TinyModel(_lineart_builder("build_tiny_sdxl"), 1, "SDXL-layout diffusers folder (two text encoders)"),
-    "controlnet_lineart_sdxl": TinyModel(_lineart_builder("build_tiny_sdxl_controlnet"), 1,
+    "marian_ko_en": TinyModel(build_tiny_marian_folder, 1,
+                              "MarianMT ko->en with a locally trained SentencePiece vocabulary"),
+    "model_sdxl": TinyModel(tiny_lineart.build_tiny_sdxl, 1, "SDXL-layout diffusers folder (two text encoders)"),
+    "controlnet_lineart_sdxl": TinyModel(tiny_lineart.build_tiny_sdxl_controlnet, 1,
                                          "SDXL ControlNet made from that UNet"),
-    "annotators": TinyModel(_lineart_builder("build_tiny_annotators"), 1,
+    "annotators": TinyModel(tiny_lineart.build_tiny_annotators, 1,
                             "controlnet_aux lineart / lineart_anime annotator weights"),
 }
 
@@ -297,7 +219,8 @@ def _build_one(out: Path, name: str, seed: int, force: bool) -> BuildResult:
         marker = read_marker(final)
         if marker is None:
             # Not built here: could be the user's real checkpoint (the seed's model_sd/ folder).
-            raise UserError(f"{final} exists but was not built by storyboard.devkit.tiny; move it away or pick another --out")
+            raise UserError(f"{final} exists but was not built by storyboard.devkit.tiny; move it away or pick "
+                            "another --out")
         if marker == wanted and not force:
             return BuildResult(name, final, False, time.perf_counter() - start)
 
@@ -334,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="models: " + "; ".join(f"{name}: {spec.help}" for name, spec in BUILDERS.items()),
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to build into (one sub-folder per model)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the random weights (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="seed of the random weights (default %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even when a finished build with this seed exists")
     parser.add_argument("--only", nargs="+", choices=list(BUILDERS), metavar="NAME",
                         help=f"build only these ({', '.join(BUILDERS)}); default all")

@@ -29,23 +29,34 @@ Folder names used by the stage's defaults (``Data_preprocessing_Line/01_preproce
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
 import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from storyboard.core.clip_tokenizer import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE, build_clip_tokenizer
+
 FOLDERS = {"model_sdxl": "build_tiny_sdxl", "controlnet_lineart_sdxl": "build_tiny_sdxl_controlnet",
            "annotators": "build_tiny_annotators"}
 POOL_SIZE = 1 << 20
-CLIP_VOCAB_SIZE = 49408
-CLIP_CONTEXT_LENGTH = 77
 TEXT_WIDTH = 32  # each text encoder; the UNet's cross-attention takes both: 64
 TIME_EMBED = 8  # addition_time_embed_dim: six micro-conditioning numbers, 8 wide each
 
 
 def _tiny_sdxl_unet(seed: int):
-    import torch
-    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
@@ -61,7 +72,6 @@ def _tiny_sdxl_unet(seed: int):
 
 
 def _text_config(**extra):
-    from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE, hidden_size=TEXT_WIDTH, intermediate_size=37, num_hidden_layers=2,
@@ -71,11 +81,9 @@ def _text_config(**extra):
 
 def _write_tokenizer(folder: Path, pad_token: str) -> None:
     """SD's four tokenizer files (the real CLIP BPE), built by ``storyboard.devkit.tiny`` when it offers it."""
-    import json
 
-    from storyboard.devkit import tiny
 
-    tiny.build_clip_tokenizer(folder)
+    build_clip_tokenizer(folder)
     if pad_token != "<|endoftext|>":  # SDXL's second tokenizer (open_clip's) pads with "!"
         for name in ("special_tokens_map.json", "tokenizer_config.json"):
             path = folder / name
@@ -86,9 +94,6 @@ def _write_tokenizer(folder: Path, pad_token: str) -> None:
 
 def build_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
     """Write a tiny SDXL-layout ``StableDiffusionXLPipeline`` folder into ``folder``."""
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     folder = Path(folder)
     unet = _tiny_sdxl_unet(seed)
@@ -129,8 +134,6 @@ def build_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
 
 def build_tiny_sdxl_controlnet(folder: str | Path, seed: int = 0) -> Path:
     """Write ``ControlNetModel.from_unet`` of the tiny SDXL UNet (same seed) into ``folder``."""
-    import torch
-    from diffusers import ControlNetModel
 
     folder = Path(folder)
     unet = _tiny_sdxl_unet(seed)
@@ -148,7 +151,6 @@ def build_tiny_sdxl_controlnet(folder: str | Path, seed: int = 0) -> Path:
 def _pooled_state_dict(model, seed: int) -> dict:
     """The model's state dict with every tensor replaced by a strided view into one random pool, so
     ``torch.save`` writes the pool once (the architecture's full size costs no disk)."""
-    import torch
 
     generator = torch.Generator().manual_seed(seed)
     pool = torch.randn(POOL_SIZE, generator=generator) * 0.02
@@ -175,12 +177,12 @@ def _pooled_state_dict(model, seed: int) -> dict:
 
 def build_tiny_annotators(folder: str | Path, seed: int = 0) -> Path:
     """Write random-weight ``sk_model.pth``, ``sk_model2.pth`` and ``netG.pth`` into ``folder``."""
-    import functools
+    # controlnet_aux is imported here only: its import costs seconds and prints a dozen registry
+    # warnings, and only this builder needs its two network classes.
+    from controlnet_aux.lineart import Generator  # noqa: PLC0415
+    from controlnet_aux.lineart_anime import UnetGenerator  # noqa: PLC0415
 
-    import torch
-    import torch.nn as nn
-    from controlnet_aux.lineart import Generator
-    from controlnet_aux.lineart_anime import UnetGenerator
+
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

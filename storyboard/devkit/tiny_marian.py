@@ -21,6 +21,12 @@ import json
 import tempfile
 from pathlib import Path
 
+import sentencepiece as spm
+import torch
+from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
+
+from storyboard.core.vocabulary import load_vocabulary
+
 # Korean and English captions of the kind the crawls hold. Shot words come from the vocabulary
 # (``_vocabulary_lines``), never from here.
 SAMPLE_CAPTIONS: tuple[str, ...] = (
@@ -60,7 +66,6 @@ MAX_NEW_TOKENS = 8  # the tiny model's generation length: enough to show batchin
 
 
 def _vocabulary_lines() -> list[str]:
-    from storyboard.core.vocabulary import load_vocabulary
 
     vocab = load_vocabulary()
     return [s for term in vocab.terms for s in (term.name, *term.ko, *term.en)]
@@ -71,7 +76,6 @@ def _is_korean(line: str) -> bool:
 
 
 def _train_spm(lines: list[str], seed: int) -> bytes:
-    import sentencepiece as spm
 
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
@@ -85,9 +89,6 @@ def _train_spm(lines: list[str], seed: int) -> bytes:
 
 def build_tiny_marian(out_dir: Path, seed: int, corpus: list[str] | None = None) -> None:
     """Fill ``out_dir`` with a tiny random-weight MarianMT ko->en model and its real tokenizer files."""
-    import sentencepiece as spm
-    import torch
-    from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,8 @@ def test_invalid_utf8_line_is_malformed_not_a_crash(tmp_path):
     assert items[1].error.reason == "malformed_json" and "UTF-8" in items[1].error.detail
 
 
-@pytest.mark.parametrize("bad", ["/etc/passwd", "../outside.png", "a/../../outside.png", "C:\\x.png", "\\\\server\\share\\x.png"])
+@pytest.mark.parametrize("bad", ["/etc/passwd", "../outside.png", "a/../../outside.png", "C:\\x.png",
+                                 "\\\\server\\share\\x.png"])
 def test_path_guard_refuses_escapes(tmp_path, bad):
     with pytest.raises(RecordError) as err:
         resolve_under(tmp_path, bad)
@@ -186,7 +187,7 @@ def test_accounting_catches_a_lost_record_and_writes_nothing(tmp_path):
     _mixed_input(source)
     out = tmp_path / "clean.jsonl"
     with pytest.raises(AccountingError, match="read 5"), StageRecords(out, stage="lossy") as stage:
-        for item in stage.read_from(source):
+        for _item in stage.read_from(source):
             pass  # forgets to accept or reject
     assert not out.exists() and not (tmp_path / "clean.rejects.jsonl").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.jsonl"]

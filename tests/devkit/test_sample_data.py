@@ -182,7 +182,7 @@ def test_every_fault_is_planted_once_where_the_truth_says(sample_data, truth):
         elif kind == "conflicting_labels":
             assert len(labels_named(tag_list(found["tags"]), "shot_size")) == 2
     # Duplicates sit after what they repeat, so the first-read copy is the one kept.
-    order = [key for key in lines]
+    order = list(lines)
     for fault in faults:
         if "duplicate_of" in fault:
             assert order.index(fault["duplicate_of"]) < order.index(f"{fault['source']}:{fault['line']}")
@@ -216,7 +216,7 @@ def test_every_other_record_is_clean_and_labelled_as_the_truth_says(sample_data,
     assert any(t["tag_shot_size"] is None for t in tags_by_key.values())  # some records name no shot size
     assert any(isinstance(r, dict) and isinstance(r["tags"], str) for r in lines.values())
     assert any(isinstance(r, dict) and isinstance(r["tags"], list) for r in lines.values())
-    for image, info in truth["images"].items():
+    for info in truth["images"].values():
         kept = [k for k in info["records"] if truth["records"][k]["expected"] == "kept"]
         assert kept == ([info["kept_record"]] if info["kept_record"] else [])
 
@@ -339,7 +339,7 @@ def test_haar_finds_the_faces_of_close_stills(sample_data, truth):
 # --------------------------------------------------------------------------------------------
 def test_bubble_masks_are_exact_and_where_the_bubbles_are(sample_data, truth):
     with_bubbles = 0
-    for rel, info in truth["images"].items():
+    for info in truth["images"].values():
         if not info["bubbles"]:
             assert info["bubble_mask"] is None
             continue

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from storyboard.core.cli import UserError, run_main
+from storyboard.core.clip_tokenizer import clip_bpe_vocab_path
 from storyboard.devkit.tiny import (
     BUILDERS,
     MARKER,
@@ -16,7 +17,6 @@ from storyboard.devkit.tiny import (
     TINY_CLIP_NAME,
     TinyModel,
     build_all,
-    clip_bpe_vocab_path,
     main,
     read_marker,
 )

@@ -63,7 +63,8 @@ __all__ = ["generate", "already_generated", "GENERATOR_VERSION", "MIN_COUNT"]
 GENERATOR = "storyboard.devkit.sample_data"
 GENERATOR_VERSION = 1
 TRUTH_FILE = "ground_truth.json"
-NOTE_PLACES = {"indoor": ["거실", "반지하 방", "부엌", "복도", "사무실", "계단"], "outdoor": ["골목", "강변", "들판", "옥상", "버스 정류장", "논두렁"]}
+NOTE_PLACES = {"indoor": ["거실", "반지하 방", "부엌", "복도", "사무실", "계단"],
+               "outdoor": ["골목", "강변", "들판", "옥상", "버스 정류장", "논두렁"]}
 
 
 def _box(mask: np.ndarray, content) -> tuple[list[int] | None, bool]:

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+from skimage import data
 
 FOCAL = 1.2  # focal length in frame heights: a normal lens, for how fast the floor foreshortens
 
@@ -45,8 +46,6 @@ class Ground:
 
 @lru_cache(maxsize=1)
 def _skimage_textures() -> dict[str, np.ndarray]:
-    from skimage import data
-
     return {name: getattr(data, name)().astype(np.float32) / 255.0 for name in ("brick", "grass", "gravel")}
 
 

@@ -141,7 +141,7 @@ def build_crawls(rng: np.random.Generator, vocab: Vocabulary, items: list[Item],
                  missing: str) -> tuple[dict[str, bytes], dict[str, dict], list[dict]]:
     """(file name -> bytes, "<file>:<line>" -> truth, faults) for both crawls."""
     lines: dict[str, list[Line]] = {name: [] for name in CRAWLS}
-    no_shot = set(int(i) for i in rng.choice(len(items), size=max(2, len(items) // 10), replace=False))
+    no_shot = {int(i) for i in rng.choice(len(items), size=max(2, len(items) // 10), replace=False)}
     for k, item in enumerate(items):
         crawl = _crawl_of(rng, item.film) if item.path != copy[0] else CRAWLS[0]
         lines[crawl].append(_record(rng, vocab, item, crawl, k, k in no_shot and item.path != copy[0]))

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+from skimage import data
 
 # Measured by hand on the 512x512 astronaut photo (Haar finds her face at x 177, y 66, 95x95 px).
 _HEAD_TOP, _CHIN, _HEAD_CX = 15, 172, 227
@@ -37,8 +38,6 @@ def head_cutout() -> tuple[np.ndarray, np.ndarray]:
 
     The mask is fixed geometry (hair ellipse, jaw ellipse, neck) minus backdrop-coloured pixels: no
     random or iterative segmentation, so every run cuts the same pixels."""
-    from skimage import data
-
     photo = data.astronaut()
     hsv = cv2.cvtColor(photo, cv2.COLOR_RGB2HSV)
     yy, xx = np.mgrid[0:photo.shape[0], 0:photo.shape[1]]

@@ -51,8 +51,10 @@ FILMS = (
     Film("Memories of Murder", "살인의 추억", 2003, ("Salinui chueok",), "살인의 추억", "스틸 {n}",
          "conti/살인의 추억 콘티 {n}", "봉준호"),
     Film("The Host", "괴물", 2006, ("Gwoemul",), "The Host", "the-host-{n:02d}", "conti/the_host_sb{n:02d}", "봉준호"),
-    Film("The Handmaiden", "아가씨", 2016, ("Agassi",), "아가씨", "아가씨_{n:02d}", "conti/아가씨 콘티 {n:02d}", "박찬욱"),
-    Film("Burning", "버닝", 2018, ("Beoning",), "Burning (2018)", "IMG_10{n:02d}", "conti/burning_conti_{n:02d}", "이창동"),
+    Film("The Handmaiden", "아가씨", 2016, ("Agassi",), "아가씨", "아가씨_{n:02d}",
+         "conti/아가씨 콘티 {n:02d}", "박찬욱"),
+    Film("Burning", "버닝", 2018, ("Beoning",), "Burning (2018)", "IMG_10{n:02d}",
+         "conti/burning_conti_{n:02d}", "이창동"),
 )
 FILM_BY_TITLE = {f.title: f for f in FILMS}
 
@@ -99,9 +101,11 @@ SUBJECTS = ["여자가", "그녀가", "주인공이", "한 사람이", "그 여�
 ACTIONS = ["걷는다", "서 있다", "누군가를 바라본다", "뒤를 돌아본다", "전화를 받는다", "미소 짓는다", "생각에 잠긴다",
            "무언가를 기다린다"]
 PLACES = {  # scene feature -> where the caption says it happens
-    "river": "강을 따라", "road": "길 위에서", "tree": "나무 아래에서", "building": "건물 앞에서", "sky": "하늘 아래에서",
+    "river": "강을 따라", "road": "길 위에서", "tree": "나무 아래에서", "building": "건물 앞에서",
+    "sky": "하늘 아래에서",
     "ground": "들판에서", "window": "창가에서", "door": "문 앞에서", "sofa": "소파 옆에서", "table": "식탁 옆에서",
-    "lamp": "스탠드 불빛 아래에서", "cabinet": "방 안에서", "ceiling": "천장 아래에서", "rug": "카펫 위에서", "floor": "방 안에서",
+    "lamp": "스탠드 불빛 아래에서", "cabinet": "방 안에서", "ceiling": "천장 아래에서", "rug": "카펫 위에서",
+    "floor": "방 안에서",
 }
 WHEN = ["", "", "비 오는 밤, ", "이른 아침 ", "해 질 무렵 ", "늦은 오후 "]
 EMOJI = ["😢", "🎬", "✨", "🔥", "👀"]

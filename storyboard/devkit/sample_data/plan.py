@@ -72,7 +72,10 @@ def _angles(rng, specs: list[ImageSpec]) -> None:
     rare = {"birds_eye": ("medium_long", "full", "long", "extreme_long"), "worms_eye": ("medium_long", "full", "long"),
             "dutch": ("close_up", "medium_close_up", "medium", "medium_long", "full")}
     for angle, shots in rare.items():
-        for spec in _pick(rng, specs, lambda s: s.shot in shots and s.angle in ("eye_level", "high", "low"), n):
+        def rare_ok(s, shots=shots):
+            return s.shot in shots and s.angle in ("eye_level", "high", "low")
+
+        for spec in _pick(rng, specs, rare_ok, n):
             spec.angle = angle
     for angle in ("high", "low", "eye_level"):
         if not any(s.angle == angle for s in specs):

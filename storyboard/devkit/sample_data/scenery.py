@@ -114,7 +114,9 @@ def _towering(rng, rgb, ground: Ground, location: str) -> list[str]:
         xb = xa + rng.uniform(0.15, 0.45) * w
         yt = rng.uniform(-0.1, 0.45) * h
         base = 1.15 * h
-        toward = lambda x: vx + (x - vx) * (yt - vy) / (base - vy)
+        def toward(x, yt=yt, base=base):
+            return vx + (x - vx) * (yt - vy) / (base - vy)
+
         poly = np.array([(xa, base), (xb, base), (toward(xb), yt), (toward(xa), yt)], np.int32)
         colour = colours[int(rng.integers(len(colours)))]
         cv2.fillPoly(rgb, [poly], colour, cv2.LINE_AA)

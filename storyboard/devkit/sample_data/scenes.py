@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from PIL import Image, ImageDraw
 
 from storyboard.devkit.sample_data.backgrounds import Ground
 from storyboard.devkit.sample_data.figure import (
@@ -229,8 +230,6 @@ def conti_sketch(rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:
 def conti_page(rng: np.random.Generator, sketch: np.ndarray, size: tuple[int, int], panel: tuple[int, int, int, int],
                note: str) -> np.ndarray:
     """The storyboard page: paper, the drawing in a ruled panel, a scene note under it."""
-    from PIL import Image, ImageDraw
-
     w, h = size
     x0, y0, x1, y1 = panel
     page = np.full((h, w), 247, np.uint8)
