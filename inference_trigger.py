@@ -11,7 +11,7 @@ prompt; a prompt that already holds a trigger is left alone; a trigger the check
 is an error that lists the ones it did. Without ``--checkpoint`` the bare base model runs and every
 trigger is replaced by its plain words. Each PNG carries its settings (the WebUI's ``parameters``
 text) and a sidecar JSONL beside the images holds the same fields. The logic is in
-``storyboard/generate.py``; see docs/inference_validation.md.
+``storyboard/inference/`` (``run``, ``prompts``, ``pipeline``); see docs/inference_validation.md.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
 from storyboard.core.cli import add_vocabulary_arguments, run_main
+from storyboard.inference.run import run_inference
+from storyboard.inference.settings import add_model_arguments, add_sampling_arguments
 
 BASE_MODEL = Path("./model_sd")  # the base Stable Diffusion diffusers folder the checkpoint was trained on
 CHECKPOINT = Path("./model_sd_weight/train_fs")  # the training output folder (LoRA + embeddings/ + manifest)
@@ -31,8 +33,6 @@ SEED = 0  # seed of the first image; image n of a prompt uses SEED + n
 
 
 def main(argv=None) -> int:
-    from storyboard.inference.generate import add_model_arguments, add_sampling_arguments, run_inference
-
     parser = argparse.ArgumentParser(prog="inference_trigger.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
@@ -45,9 +45,11 @@ def main(argv=None) -> int:
                        help="shot size to put in front of the prompt: a key (full), words (full shot), Korean (풀샷) "
                             "or a token (<fs_trg>)")
     group.add_argument("--prompts-file", type=Path, default=None,
-                       help="a .txt (one prompt a line) or .jsonl (prompt, negative_prompt, seed, shot, lora_scale) file")
+                       help="a .txt (one prompt a line) or .jsonl (prompt, negative_prompt, seed, shot, lora_scale) "
+                            "file")
     group.add_argument("--seed", type=int, default=SEED, help="seed (default: %(default)s)")
-    group.add_argument("--num-images", type=int, default=1, help="images per prompt, seeds seed, seed+1, ... (default: 1)")
+    group.add_argument("--num-images", type=int, default=1,
+                       help="images per prompt, seeds seed, seed+1, ... (default: 1)")
     group.add_argument("--output", type=Path, default=OUTPUT, help="a .png file or a folder (default: %(default)s)")
     add_sampling_arguments(parser)
     add_vocabulary_arguments(parser)

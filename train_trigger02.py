@@ -13,6 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
 from storyboard.core.cli import run_main
+from storyboard.train import run
+from storyboard.train.args import build_parser
 
 PRETRAINED_MODEL = "./model_sd"  # base Stable Diffusion diffusers folder
 TRAIN_DATA_DIR = "./Dataset_fin"  # images + metadata.jsonl (file_name, text starting with a trigger token)
@@ -20,9 +22,6 @@ OUTPUT_DIR = "./model_sd_weight/train_fs"  # LoRA, embeddings, manifest, checkpo
 
 
 def main(argv=None) -> int:
-    from storyboard.train import run
-    from storyboard.train.args import build_parser
-
     parser = build_parser(prog=Path(sys.argv[0]).name, description=__doc__.split("\n\n")[0],
                           model=PRETRAINED_MODEL, data=TRAIN_DATA_DIR, output=OUTPUT_DIR)
     args = parser.parse_args(argv)

@@ -23,6 +23,9 @@ import argparse
 import os
 
 from storyboard.core.cli import UserError, run_main
+from storyboard.core.runtime import add_dtype_argument
+from storyboard.images.lineart import BACKENDS, DEFAULT_NEGATIVE, DEFAULT_PROMPT, DETECTORS, LineartSettings
+from storyboard.images.lineart_stage import run_lineart
 
 DATA_DIR = "../Dataset_fin"  # the finalized data set (file_name paths are relative to it)
 METADATA = None  # None = <data-dir>/metadata.jsonl
@@ -40,14 +43,12 @@ GUIDANCE_SCALE = 7.0
 CONTROLNET_SCALE = 1.0
 SEED = 0  # base seed; each record's seed is derived from it and its id, and kept in the record
 BATCH_SIZE = 4
-DEVICE = "auto"  # auto = cuda when a GPU is present, else cpu
-DTYPE = "auto"  # auto = float16 on a GPU, float32 on the CPU
+DEVICE = "auto"  # auto = cuda when a GPU is present, else Apple's mps, else cpu
+DTYPE = "auto"  # auto = fp16 on a GPU, fp32 on the CPU (also fp16 | bf16 | fp32)
 WORKERS = None  # processes for xdog / canny; None = one per CPU core
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from storyboard.images.lineart import BACKENDS, DEFAULT_NEGATIVE, DEFAULT_PROMPT, DETECTORS
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path(DATA_DIR), help="finalized data set folder")
@@ -75,14 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--seed", type=int, default=SEED)
     group.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     group.add_argument("--device", default=DEVICE)
-    group.add_argument("--dtype", default=DTYPE, help="auto | float16 | bfloat16 | float32")
+    add_dtype_argument(group, help_auto="fp16 on a GPU, fp32 on the CPU")
+    parser.set_defaults(dtype=DTYPE)
     return parser
 
 
 def main(argv=None) -> int:
-    from storyboard.images.lineart import LineartSettings
-    from storyboard.images.lineart_stage import run_lineart
-
     args = build_parser().parse_args(argv)
     metadata = args.metadata or args.data_dir / "metadata.jsonl"
     output = args.output or metadata

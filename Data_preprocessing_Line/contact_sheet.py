@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 
 from storyboard.core.cli import UserError, run_main
+from storyboard.images.contact_sheet import write_contact_sheet
 
 DATA_DIR = "../Dataset_fin"  # the finalized data set
 IMAGE_ROOT = None  # the originals (03_finalize_dataset.py's --image-root); None = no original column
@@ -27,8 +28,6 @@ SEED = 0  # which records
 
 
 def main(argv=None) -> int:
-    from storyboard.images.contact_sheet import write_contact_sheet
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path(DATA_DIR), help="finalized data set folder")

@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 
 from storyboard.core.cli import add_jsonl_stage_arguments, add_vocabulary_arguments, run_main
+from storyboard.core.vocabulary import load_vocabulary
+from storyboard.metadata.tags import preprocess_tags
 
 INPUT = "metadata_raw.jsonl"  # written by Dataset_collect_title_method/collect_title_matches.py
 OUTPUT = "metadata_clean.jsonl"  # read by 02_translate.py
@@ -33,12 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from storyboard.core.vocabulary import load_vocabulary
-    from storyboard.metadata.tags import preprocess_tags
-
     args = build_parser().parse_args(argv)
     vocabulary = load_vocabulary(args.vocabulary)
-    config = {"input": str(args.input), "output": str(args.output), "rejects": str(args.rejects) if args.rejects else None,
+    config = {"input": str(args.input), "output": str(args.output),
+              "rejects": str(args.rejects) if args.rejects else None,
               "vocabulary": str(args.vocabulary) if args.vocabulary else None}
     stage = preprocess_tags(args.input, args.output, args.rejects, vocabulary, config=config)
     print(stage.summary_table())

@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 
 from storyboard.core.cli import add_jsonl_stage_arguments, add_vocabulary_arguments, run_main
+from storyboard.core.vocabulary import load_vocabulary
+from storyboard.metadata.translate import BACKENDS, CACHE_NAME, TranslationCache, make_translator, translate_records
 
 INPUT = "metadata_clean.jsonl"  # written by 01_preprocess_tags.py
 OUTPUT = "metadata_translated.jsonl"  # read by 03_finalize_dataset.py
@@ -29,15 +31,13 @@ REJECTS = None  # None = beside the output, as metadata_translated.rejects.jsonl
 BACKEND = "table"  # table: vocabulary words only | marian: local MarianMT folder | none: keep the Korean caption
 MODEL = None  # MarianMT folder for --backend marian, e.g. "../opus-mt-ko-en"
 BATCH_SIZE = 32  # captions per MarianMT batch
-DEVICE = "auto"  # auto = cuda when a GPU is present, else cpu
+DEVICE = "auto"  # auto = cuda when a GPU is present, else Apple's mps, else cpu
 MAX_NEW_TOKENS = None  # None = the model's generation_config
 NUM_BEAMS = None  # None = the model's generation_config
 CACHE = None  # None = translation_cache.jsonl beside the output
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from storyboard.metadata.translate import BACKENDS, CACHE_NAME
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_jsonl_stage_arguments(parser, INPUT, OUTPUT, REJECTS, input_help="JSONL from 01_preprocess_tags.py")
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local MarianMT folder (opus-mt-ko-en layout) for --backend marian")
     group.add_argument("--batch-size", "--batch_size", type=int, default=BATCH_SIZE, help="captions per model batch")
     group.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="generation length (default: model's)")
+    group.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                       help="generation length (default: model's)")
     group.add_argument("--num-beams", type=int, default=NUM_BEAMS, help="beam search width (default: model's)")
     group.add_argument("--fp16", action="store_true", help="half precision on GPU")
     group.add_argument("--cache", type=Path, default=Path(CACHE) if CACHE else None,
@@ -59,16 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from storyboard.core.vocabulary import load_vocabulary
-    from storyboard.metadata.translate import CACHE_NAME, TranslationCache, make_translator, translate_records
-
     args = build_parser().parse_args(argv)
     vocabulary = load_vocabulary(args.vocabulary)
     translator = make_translator(args.backend, args.model, args.batch_size, args.device,
                                  args.max_new_tokens, args.num_beams, args.fp16)
     cache = None
     if args.backend == "marian" and not args.no_cache:
-        cache = TranslationCache(args.cache or args.output.parent / CACHE_NAME, translator.backend, translator.fingerprint)
+        cache = TranslationCache(args.cache or args.output.parent / CACHE_NAME, translator.backend,
+                                 translator.fingerprint)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     if translator is not None:
         config["model_fingerprint"] = translator.fingerprint

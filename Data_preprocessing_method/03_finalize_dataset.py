@@ -19,7 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import os
 
+from storyboard.core.balanced_set import is_balanced_set
 from storyboard.core.cli import UserError, run_main
+from storyboard.core.runtime import parse_shard
+from storyboard.images.bubbles import INPAINT_METHODS
+from storyboard.images.finalize import IMAGE_FORMATS, FinalizeSettings, finalize_dataset
+from storyboard.images.squares import FITS, PAD_FILLS
 
 IMAGE_ROOT = None  # folder the records' "image" paths are relative to (required: the seed passes it)
 METADATA = "metadata_translated.jsonl"  # written by 02_translate.py
@@ -37,10 +42,6 @@ MAX_PIXELS = 89_478_485  # larger images are rejected as decompression bombs (Pi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from storyboard.images.bubbles import INPAINT_METHODS
-    from storyboard.images.finalize import IMAGE_FORMATS
-    from storyboard.images.squares import FITS, PAD_FILLS
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--image-root", type=Path, default=Path(IMAGE_ROOT) if IMAGE_ROOT else None,
@@ -66,9 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from storyboard.clustering.stage import is_balanced_set
-    from storyboard.images.finalize import FinalizeSettings, finalize_dataset, parse_shard
-
     args = build_parser().parse_args(argv)
     if args.image_root is None:
         raise UserError("--image-root is required: the folder the records' \"image\" paths are relative to")
@@ -81,7 +79,7 @@ def main(argv=None) -> int:
     config = {"image_root": str(args.image_root), "metadata": str(args.metadata), "out": str(args.out)}
     shard = parse_shard(args.shard)
     # Re-running this stage after clustering replaces the balanced set that training reads.
-    replacing_balanced = not shard and is_balanced_set(Path(args.out) / "metadata.jsonl")
+    replacing_balanced = shard[1] == 1 and is_balanced_set(Path(args.out) / "metadata.jsonl")
     stage = finalize_dataset(args.metadata, args.image_root, args.out, settings, workers=workers,
                              shard=shard, config=config)
     print(stage.summary_table())

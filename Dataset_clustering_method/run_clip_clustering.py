@@ -20,6 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 
+from storyboard.clustering.cache import merge_caches
+from storyboard.clustering.settings import ClusteringSettings, parse_k_range, parse_naming
+from storyboard.clustering.stage import run_clip_clustering
 from storyboard.core.cli import add_vocabulary_arguments, run_main
 
 # Paths are relative to the project root (the folder holding Dataset_fin/); run from inside
@@ -50,9 +53,21 @@ def _root() -> Path:
     return Path("..") if Path.cwd().name == "Dataset_clustering_method" else Path(".")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from storyboard.clustering.embed import add_clip_arguments
+def add_clip_arguments(parser: argparse.ArgumentParser, model_default: str, checkpoint_default: str) -> None:
+    group = parser.add_argument_group("CLIP model (local files only)")
+    group.add_argument("--clip-model", default=model_default,
+                       help="open_clip architecture (ViT-B-32, ...), local-dir:FOLDER (open_clip folder with its "
+                            "weights), or a model config .json (default: %(default)s)")
+    group.add_argument("--clip-checkpoint", type=Path, default=Path(checkpoint_default),
+                       help="weights for --clip-model: an open_clip/OpenAI .pt (read with weights_only=True; OpenAI's "
+                            "TorchScript files with torch.jit.load) or .safetensors (default: %(default)s)")
+    group.add_argument("--clip-quick-gelu", choices=("auto", "on", "off"), default="auto",
+                       help="QuickGELU activations, as OpenAI's weights need; auto: on for OpenAI's TorchScript files "
+                            "and files named *openai* (default: %(default)s)")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto = GPU when present)")
 
+
+def build_parser() -> argparse.ArgumentParser:
     root = _root()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -73,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--fast-decode", action=argparse.BooleanOptionalAction, default=True,
                      help="decode JPEGs at reduced size when the model's input is much smaller")
     emb.add_argument("--shard", default=None, metavar="I/N",
-                     help="embed only shard I of N (0-based) into the cache and stop; merge caches, then run without it")
+                     help="embed only shard I of N (0-based) into the cache and stop; merge caches, then run "
+                          "without it")
     emb.add_argument("--merge-caches", nargs="+", type=Path, default=None, metavar="CACHE",
                      help="fold these cache folders into --cache-dir (one part per model) and stop")
     cl = parser.add_argument_group("clustering")
@@ -92,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     nm.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=True,
                     help="run the OpenCV shot-size estimator on every image (cached)")
     nm.add_argument("--estimator-bounds", type=Path, default=None,
-                    help="JSON of face-share bounds per shot size (e.g. fitted_bounds from storyboard.clustering.shots)")
+                    help="JSON of face-share bounds per shot size (e.g. fitted_bounds from "
+                         "storyboard.devkit.shot_eval)")
     bal = parser.add_argument_group("balancing")
     bal.add_argument("--balance-target", default=BALANCE_TARGET, help="per shot size: N, min, median, max or none")
     bal.add_argument("--repeat", action=argparse.BooleanOptionalAction, default=REPEAT,
@@ -107,10 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from storyboard.clustering.cluster import parse_k_range, parse_naming
-    from storyboard.clustering.embed import merge_caches
-    from storyboard.clustering.stage import ClusteringSettings, run_clip_clustering
-
     if args.merge_caches:
         print(merge_caches(args.merge_caches, args.cache_dir).table())
         return 0

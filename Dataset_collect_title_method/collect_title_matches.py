@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 
 from storyboard.core.cli import run_main
+from storyboard.metadata.collect import CollectConfig, collect
 
 INPUT = ["raw"]  # raw crawl JSONL files, or folders of them (every *.jsonl inside, sorted)
 IMAGE_ROOT = "images"  # the folder the records' "image" paths are relative to
@@ -49,8 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from storyboard.metadata.collect import CollectConfig, collect
-
     args = build_parser().parse_args(argv)
     stage = collect(CollectConfig(
         inputs=args.input, image_root=args.image_root, output=args.output, rejects=args.rejects,

@@ -56,9 +56,10 @@ def score_set(root: Path) -> dict:
             for key in (f"shape: {bubble['shape']}", f"tail: {'yes' if bubble['tail'] else 'no'}",
                         f"text: {'vertical' if bubble['vertical'] else 'horizontal'}",
                         f"outline: {outline} px" if outline else "outline: none",
-                        "fill: white" if fill == (255, 255, 255) else ("fill: black" if max(fill) < 60 else "fill: tint")):
+                        "fill: white" if fill == (255, 255, 255)
+                        else ("fill: black" if max(fill) < 60 else "fill: tint")):
                 styles[key].append(iou)
-    return {"images": images, "styles": {k: v for k, v in styles.items()}, "seconds": seconds}
+    return {"images": images, "styles": dict(styles), "seconds": seconds}
 
 
 def summarise(images: list[dict], which: str) -> dict:

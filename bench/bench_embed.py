@@ -99,21 +99,14 @@ def main(argv=None) -> int:
     import open_clip
     import torch
 
-    from storyboard.clustering.embed import (
-        ClipModel,
-        _cpu_count,
-        _device,
-        _ImageFiles,
-        default_workers,
-        iter_embeddings,
-        load_clip,
-        open_for_embedding,
-        quiet_open_clip,
-    )
+    from storyboard.clustering.clip import ClipModel, QuietOpenClip, load_clip
+    from storyboard.clustering.decode import ImageFiles, cpu_count, default_workers, open_for_embedding
+    from storyboard.clustering.embed import iter_embeddings
     from storyboard.core.cli import format_table
+    from storyboard.core.runtime import resolve_device
 
-    device = _device(args.device)
-    with quiet_open_clip():
+    device = resolve_device(args.device)
+    with QuietOpenClip():
         model, _, preprocess = open_clip.create_model_and_transforms(
             args.model, pretrained=None, force_quick_gelu=args.checkpoint == "openai")
     checkpoint_note = None
@@ -134,7 +127,8 @@ def main(argv=None) -> int:
                                f"(max diff {diff:.1e})")
             model, preprocess = clip.model, clip.preprocess
     model = model.to(device).eval()
-    clip = ClipModel(model, preprocess, None, args.model, "bench", device, {"embed_dim": int(model.text_projection.shape[1])})
+    clip = ClipModel(model, preprocess, None, args.model, "bench", device,
+                     {"embed_dim": int(model.text_projection.shape[1])})
     cuda = device.type == "cuda"
     workers = default_workers(device) if args.workers is None else args.workers
 
@@ -177,7 +171,7 @@ def main(argv=None) -> int:
         with torch.inference_mode(), autocast:  # warm-up (kernels, allocator, thread pools)
             model.encode_image(batches[0][:2].to(device))
         def label(n: int) -> str:
-            return f"{n} decode worker process{'es' if n > 1 else ''}" if n else f"{_cpu_count()} decode threads"
+            return f"{n} decode worker process{'es' if n > 1 else ''}" if n else f"{cpu_count()} decode threads"
 
         variants = {
             "bare encode_image loop (pre-decoded tensors)": bare,
@@ -193,7 +187,7 @@ def main(argv=None) -> int:
                 before = cpu_seconds()
                 best[name] = min(best[name], fn())
                 cpu[name] = min(cpu[name], cpu_seconds() - before)
-        decode_ms = decode_cost_ms(_ImageFiles(paths, preprocess, clip.image_size), min(len(paths), 32))
+        decode_ms = decode_cost_ms(ImageFiles(paths, preprocess, clip.image_size), min(len(paths), 32))
 
     bare_rate = len(paths) / best[next(iter(variants))]
     rows, results = [], []
@@ -205,7 +199,8 @@ def main(argv=None) -> int:
                         "images_per_s": round(rate, 2), "of_bare": round(rate / bare_rate, 4),
                         "cpu_ms_per_image": round(cpu_ms, 1)})
     print(f"{args.model} (random weights), {args.images} images {args.size}x{args.size} {args.format}, batch "
-          f"{args.batch_size}, device {device}{' fp16 autocast' if cuda else ''}, torch threads {torch.get_num_threads()}, "
+          f"{args.batch_size}, device {device}{' fp16 autocast' if cuda else ''}, "
+          f"torch threads {torch.get_num_threads()}, "
           f"CPUs {os.cpu_count()}")
     print(format_table(rows, header=("variant", "images", "seconds", "images/s", "of bare", "CPU ms/image")))
     # What decoding leaves attainable: on a CPU the decoder and the encoder share the same cores, so
@@ -213,7 +208,8 @@ def main(argv=None) -> int:
     bare_cpu_ms = 1000 * cpu[next(iter(variants))] / len(paths)
     if cuda:
         attainable = min(1.0, max(workers, 1) * 1000 / decode_ms / bare_rate)
-        how = f"{max(workers, 1)} decode workers x {1000 / decode_ms:.0f} images/s each vs the bare loop's {bare_rate:.0f}"
+        how = (f"{max(workers, 1)} decode workers x {1000 / decode_ms:.0f} images/s each vs the bare loop's "
+               f"{bare_rate:.0f}")
     else:
         attainable = bare_cpu_ms / (bare_cpu_ms + decode_ms)
         how = f"encoder {bare_cpu_ms:.0f} CPU ms/image / (that + decoding {decode_ms:.1f})"

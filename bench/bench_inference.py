@@ -16,7 +16,7 @@ and the text encoder, two trigger tokens, the trainer's manifest) is written bes
 
 Both sides load from those folders, in the same run, one after the other:
 
-* **ours**: ``storyboard.inference.generate.load_trigger_pipeline`` -- what ``inference_trigger.py`` and validation
+* **ours**: ``storyboard.inference.pipeline.load_trigger_pipeline`` -- what ``inference_trigger.py`` and validation
   run: LoRA fused into the weights (no LoRA layers left), tokens loaded, channels-last and TF32 on GPU;
 * **plain**: ``StableDiffusionPipeline.from_pretrained`` + ``load_lora_weights`` (unfused) +
   ``load_textual_inversion``, the diffusers docs' recipe.
@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from storyboard.core.cli import format_table  # noqa: E402
+from storyboard.core.runtime import add_dtype_argument  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PROMPT = "<fs_trg>, full shot, eye level, outdoor, a man in a grey coat"
@@ -62,39 +63,46 @@ def build_checkpoint(base: Path, out: Path, seed: int) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from storyboard.artifacts import export
+    from storyboard.artifacts import write
+    from storyboard.artifacts.layout import (
+        MANIFEST_FORMAT,
+        TEXT_ENCODER_TARGETS,
+        UNET_ATTENTION_TARGETS,
+        embedding_file,
+    )
+    from storyboard.artifacts.read import base_fingerprint
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
     tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
     unet_cfg = LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights="gaussian",
-                          target_modules=export.UNET_ATTENTION_TARGETS)
+                          target_modules=UNET_ATTENTION_TARGETS)
     te_cfg = LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights="gaussian",
-                        target_modules=export.TEXT_ENCODER_TARGETS)
+                        target_modules=TEXT_ENCODER_TARGETS)
     inject_adapter_in_model(unet_cfg, unet)
     inject_adapter_in_model(te_cfg, text_encoder)
     for model in (unet, text_encoder):  # non-zero B so the LoRA really changes the output
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(param, std=0.01)
-    export.save_diffusers_lora(out, get_peft_model_state_dict(unet),
-                               {f"text_model.{k}" if not k.startswith("text_model.") else k: v
-                                for k, v in get_peft_model_state_dict(text_encoder).items()},
-                               export.lora_metadata(unet_cfg), export.lora_metadata(te_cfg))
+    write.save_diffusers_lora(out, get_peft_model_state_dict(unet),
+                              {f"text_model.{k}" if not k.startswith("text_model.") else k: v
+                               for k, v in get_peft_model_state_dict(text_encoder).items()},
+                              write.lora_metadata(unet_cfg), write.lora_metadata(te_cfg))
     (out / "embeddings").mkdir(parents=True, exist_ok=True)
     tokens = []
     for n, (token, init) in enumerate(TOKENS):
         save_file({"emb_params": torch.randn(1, text_encoder.config.hidden_size) * 0.01},
-                  str(out / "embeddings" / f"{token.strip('<>')}.safetensors"))
+                  str(out / embedding_file(token)))
         tokens.append({"token": token, "token_id": len(tokenizer) + n, "initializer": init,
-                       "embedding_file": f"embeddings/{token.strip('<>')}.safetensors"})
-    manifest = {"format": export.MANIFEST_FORMAT, "tokens": tokens, "text_encoder_mode": "lora",
-                "base_model": {"path": str(base), "fingerprint": export.base_fingerprint(base),
+                       "embedding_file": embedding_file(token)})
+    manifest = {"format": MANIFEST_FORMAT, "tokens": tokens, "text_encoder_mode": "lora",
+                "base_model": {"path": str(base), "fingerprint": base_fingerprint(base),
                                "tokenizer_size": len(tokenizer)},
                 "tokenizer_size": len(tokenizer) + len(TOKENS),
                 "lora": {"rank": LORA_RANK, "alpha": LORA_RANK}, "note": "bench: random weights"}
-    export.write_manifest(out, manifest)
+    write.write_manifest(out, manifest)
     return out
 
 
@@ -102,7 +110,8 @@ def plain_pipeline(base: Path, ckpt: Path, device, dtype):
     """The diffusers docs' recipe: from_pretrained + load_lora_weights (unfused) + load_textual_inversion."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(base, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(base, dtype=dtype, safety_checker=None,
+                                                   requires_safety_checker=False)
     pipe.load_lora_weights(ckpt)
     for token, _ in TOKENS:
         pipe.load_textual_inversion(str(ckpt / "embeddings" / f"{token.strip('<>')}.safetensors"), token=token)
@@ -135,8 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="images per call (default 1; 4 with --full)")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (default 512; 64 with --tiny)")
     parser.add_argument("--device", default="auto", help="auto, cuda or cpu")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                        help="auto: fp16 on GPU, fp32 on CPU; bf16 runs on both")
+    add_dtype_argument(parser, help_auto="fp16 on GPU, fp32 on CPU; bf16 runs on both")
     parser.add_argument("--compile", action="store_true", help="torch.compile our UNet (GPU; warm-up pays for it)")
     parser.add_argument("--work", type=Path, default=None, help="keep the random model here (default: a temp folder)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON (default %(default)s)")
@@ -178,14 +186,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from storyboard.inference.generate import (
-        Job,
-        Settings,
-        load_trigger_pipeline,
-        resolve_device,
-        resolve_dtype,
-        run_jobs,
-    )
+    from storyboard.core.runtime import resolve_device, resolve_dtype
+    from storyboard.inference.jobs import Job, run_jobs
+    from storyboard.inference.pipeline import load_trigger_pipeline
+    from storyboard.inference.settings import Settings
 
     device = resolve_device(args.device)
     dtype_name = args.dtype if args.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")

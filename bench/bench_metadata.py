@@ -87,27 +87,27 @@ def make_crawl(root: Path, records: int, shared_images: int | None, seed: int = 
             fh.write(f"{title},{original},{year},\n")
     raw = root / "raw"
     raw.mkdir()
-    files = [open(raw / "crawl_a.jsonl", "w", encoding="utf-8"), open(raw / "crawl_b.jsonl", "w", encoding="utf-8")]
-    previous = None
-    for i in range(records):
-        if previous is not None and rng.random() < 0.05:
-            line = previous  # an exact duplicate record
-        else:
-            title, original, year = rng.choice(TITLES)
-            shown = rng.choice([title, original, f"{original} ({year})", original.replace(" ", ""), title.upper()])
-            tags = [rng.choice(spellings["shot_size"]), rng.choice(spellings["location"])]
-            if rng.random() < 0.5:
-                tags.append(rng.choice(spellings["angle"]))
-            k = i % n_images
-            line = json.dumps({
-                "image": f"{k // 1000:04d}/장면 {k:07d}.png", "title": shown, "caption": _caption(rng, i),
-                "tags": tags if rng.random() < 0.5 else ", ".join(tags), "source_url": f"https://example.org/{i}",
-                "scene": i % 97, "crawled_at": "2024-05-01T10:00:00",
-            }, ensure_ascii=False)
-        files[i % 2].write(line + "\n")
-        previous = line
-    for fh in files:
-        fh.close()
+    with open(raw / "crawl_a.jsonl", "w", encoding="utf-8") as crawl_a, \
+            open(raw / "crawl_b.jsonl", "w", encoding="utf-8") as crawl_b:
+        files = [crawl_a, crawl_b]
+        previous = None
+        for i in range(records):
+            if previous is not None and rng.random() < 0.05:
+                line = previous  # an exact duplicate record
+            else:
+                title, original, year = rng.choice(TITLES)
+                shown = rng.choice([title, original, f"{original} ({year})", original.replace(" ", ""), title.upper()])
+                tags = [rng.choice(spellings["shot_size"]), rng.choice(spellings["location"])]
+                if rng.random() < 0.5:
+                    tags.append(rng.choice(spellings["angle"]))
+                k = i % n_images
+                line = json.dumps({
+                    "image": f"{k // 1000:04d}/장면 {k:07d}.png", "title": shown, "caption": _caption(rng, i),
+                    "tags": tags if rng.random() < 0.5 else ", ".join(tags), "source_url": f"https://example.org/{i}",
+                    "scene": i % 97, "crawled_at": "2024-05-01T10:00:00",
+                }, ensure_ascii=False)
+            files[i % 2].write(line + "\n")
+            previous = line
 
 
 def run_stage(name: str, argv: list[str], cwd: Path, records_in: int) -> dict:
@@ -154,7 +154,8 @@ def bench(size: int, shared: int | None, keep: bool) -> list[dict]:
                           prep, _written(collect["stdout"]))
         rows.append(clean)
         rows.append(run_stage("translate table (02)", [str(REPO / "Data_preprocessing_method" / "02_translate.py"),
-                                                       "--input", "metadata_clean.jsonl", "--output", "metadata_translated.jsonl"],
+                                                       "--input", "metadata_clean.jsonl",
+                                                       "--output", "metadata_translated.jsonl"],
                               prep, _written(clean["stdout"])))
         for row in rows:
             row["size"] = size

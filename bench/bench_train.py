@@ -96,11 +96,11 @@ def baseline(base: Path, data: Path, batch: int, steps: int, precision: str, war
              resolution: int = RESOLUTION) -> dict:
     import numpy as np
     import torch
-    import torch.nn.functional as F
     from accelerate import Accelerator
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from peft import LoraConfig, inject_adapter_in_model
     from PIL import Image
+    from torch.nn.functional import mse_loss
     from transformers import CLIPTextModel, CLIPTokenizer
 
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
@@ -169,7 +169,7 @@ def baseline(base: Path, data: Path, batch: int, steps: int, precision: str, war
         with accelerator.autocast():
             hidden = text_encoder(input_ids, return_dict=False)[0]
             pred = unet(noisy, t, hidden, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), noise.float())
+        loss = mse_loss(pred.float(), noise.float())
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(unet_params + te_params + [emb], 1.0)
         optimizer.step()
@@ -303,7 +303,8 @@ def measure(base: Path, data: Path, work: Path, run: dict, warmup: int, env: dic
                             "speedup_vs_baseline": speedup})
             # Each figure as soon as it exists: a run cut short (a GPU lease's time limit) keeps them.
             print(f"  {label}, batch {batch}: {r['images_per_s']:.3f} images/s"
-                  f"{f', {speedup:.2f}x the baseline' if speedup else ''}, peak {mem:.2f} GiB", file=sys.stderr, flush=True)
+                  f"{f', {speedup:.2f}x the baseline' if speedup else ''}, peak {mem:.2f} GiB",
+                  file=sys.stderr, flush=True)
     return rows, results
 
 
@@ -318,7 +319,8 @@ def main(argv=None) -> None:
 
     gpu = torch.cuda.is_available()
     run = plan(args, gpu)
-    device = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    cpu = platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores, {cpu})"
     env = dict(os.environ, STORYBOARD_NO_PROGRESS="1")
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -19,6 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storyboard.core.cli import add_vocabulary_arguments, format_table, run_main
+from storyboard.core.records import write_jsonl
+from storyboard.core.vocabulary import load_vocabulary
+from storyboard.inference.prompt_files import make_validation_records
 
 HERE = Path(__file__).resolve().parent
 OUTPUT = HERE / "validation.jsonl"  # where the prompts go (validation.sh reads this file by default)
@@ -34,10 +37,6 @@ NEGATIVE_PROMPT = ""  # written into each line when not empty
 
 
 def main(argv=None) -> int:
-    from storyboard.core.records import write_jsonl
-    from storyboard.core.vocabulary import load_vocabulary
-    from storyboard.inference.validate import make_validation_records
-
     parser = argparse.ArgumentParser(prog="make_validation_jsonl.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])

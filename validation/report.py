@@ -3,11 +3,12 @@ checkpoint, same seed per row), trigger fidelity (base vs each checkpoint, with 
 weights, CLIP scores.
 
     cd validation && python report.py
-    python validation/report.py --output-dir validation/output --clip-model ViT-B-32 --clip-checkpoint ViT-B-32-openai.pt
+    python validation/report.py --output-dir validation/output \
+        --clip-model ViT-B-32 --clip-checkpoint ViT-B-32-openai.pt
 
 run_validation.py (validation.sh, base_valid.sh) writes the same report at its end; this script redoes
 it alone, e.g. with CLIP weights or for a subset of columns. Judgements are cached, so a re-run judges
-only new images. Logic: storyboard/validation_report.py.
+only new images. Logic: storyboard/inference/report.py.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storyboard.core.cli import add_vocabulary_arguments, run_main
+from storyboard.core.vocabulary import load_vocabulary
+from storyboard.inference.report import add_report_arguments, report_from_args
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = HERE / "validation.jsonl"  # the validation prompts (rows of the grids, shot size asked)
@@ -25,14 +28,12 @@ OUTPUT_DIR = HERE / "output"  # where validation.sh / base_valid.sh put the imag
 
 
 def main(argv=None) -> int:
-    from storyboard.core.vocabulary import load_vocabulary
-    from storyboard.inference.report import add_report_arguments, report_from_args
-
     parser = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--prompts", type=Path, default=PROMPTS, help="validation JSONL (default: %(default)s)")
-    parser.add_argument("--output-dir", type=Path, default=OUTPUT_DIR, help="validation output folder (default: %(default)s)")
+    parser.add_argument("--output-dir", type=Path, default=OUTPUT_DIR,
+                        help="validation output folder (default: %(default)s)")
     parser.add_argument("--columns", nargs="+", default=None,
                         help="columns to show (folder names under --output-dir; default: base, then every checkpoint)")
     parser.add_argument("--device", default="auto", help="device for CLIP (default: %(default)s)")

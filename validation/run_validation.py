@@ -9,7 +9,7 @@ Called by validation.sh (checkpoints) and base_valid.sh (``--base-only``). Image
 ``<output-dir>/<checkpoint folder name>/<id>.png`` (``base/`` for the bare base model, where each trigger
 is replaced by its plain words), with their settings inside each PNG and in ``images.jsonl``. A re-run
 skips images already made with the same settings. The report (grids, trigger fidelity, CLIP score) goes
-to ``<output-dir>/report/index.html``. Logic: storyboard/validate.py, storyboard/validation_report.py.
+to ``<output-dir>/report/index.html``. Logic: storyboard/inference/validate.py, storyboard/inference/report.py.
 """
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storyboard.core.cli import add_vocabulary_arguments, run_main
+from storyboard.inference.report import add_report_arguments
+from storyboard.inference.settings import add_model_arguments, add_sampling_arguments
+from storyboard.inference.validate import preflight, run_validation
 
 HERE = Path(__file__).resolve().parent
 BASE_MODEL = HERE.parent / "model_sd"  # base Stable Diffusion diffusers folder
@@ -29,16 +32,13 @@ OUTPUT_DIR = HERE / "output"  # images under OUTPUT_DIR/<checkpoint>/ and OUTPUT
 
 
 def main(argv=None) -> int:
-    from storyboard.inference.generate import add_model_arguments, add_sampling_arguments
-    from storyboard.inference.report import add_report_arguments
-    from storyboard.inference.validate import preflight, run_validation
-
     parser = argparse.ArgumentParser(prog="run_validation.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     add_model_arguments(parser, base_default=BASE_MODEL)
     parser.add_argument("--checkpoint", nargs="+", type=Path, default=CHECKPOINTS,
-                        help="one or more training output folders (the last --checkpoint given wins; default: %(default)s)")
+                        help="one or more training output folders (the last --checkpoint given wins; "
+                             "default: %(default)s)")
     parser.add_argument("--base-only", action="store_true",
                         help="the bare base model instead of checkpoints (triggers replaced by their plain words)")
     parser.add_argument("--prompts", type=Path, default=PROMPTS, help="validation JSONL (default: %(default)s)")

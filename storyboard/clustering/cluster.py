@@ -1,5 +1,5 @@
 """Shot clustering, as plain functions on arrays and records (the stage that runs them is
-``storyboard.clustering.stage``).
+``storyboard.clustering.stage``; the flags' parsing is in ``storyboard.clustering.settings``).
 
 * ``find_duplicates``: exact copies (same bytes) and near-duplicates (cosine similarity of normalised
   CLIP features at or above a threshold) collapse onto one kept image; greedy in a stable order, so
@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import silhouette_score
 
 from storyboard.core.cli import UserError
 from storyboard.core.records import read_json_object
 from storyboard.core.vocabulary import Term, Vocabulary
-
-NAMING_PATHS = ("manual", "labels", "zero-shot", "estimator")
-DEFAULT_NAMING = ("manual", "labels", "zero-shot", "estimator")
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,35 +94,19 @@ def reduce(features: np.ndarray, pca: int, seed: int) -> tuple[np.ndarray, dict]
     x = np.asarray(features, np.float32)
     if not pca or pca >= x.shape[1]:
         return x, {"pca": None}
-    from sklearn.decomposition import PCA
-
     n_components = min(pca, x.shape[0], x.shape[1])
     model = PCA(n_components=n_components, random_state=seed)
     reduced = model.fit_transform(x).astype(np.float32)
     return reduced, {"pca": n_components, "explained_variance": round(float(model.explained_variance_ratio_.sum()), 4)}
 
 
-def parse_k_range(text: str) -> tuple[int, int]:
-    try:
-        lo, hi = (int(v) for v in str(text).replace(":", "-").split("-"))
-    except ValueError:
-        raise UserError(f"--k-range must look like 2-16 (got {text!r})") from None
-    if lo < 2 or hi < lo:
-        raise UserError(f"--k-range {text}: needs 2 <= low <= high")
-    return lo, hi
-
-
 def _kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 10):
-    from sklearn.cluster import KMeans
-
     return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
 
 
 def choose_k(x: np.ndarray, k_range: tuple[int, int], seed: int, sample: int = 4000) -> tuple[int, dict[int, float]]:
     """The k with the best silhouette score over ``k_range`` (clipped to what the data allows);
     ties go to the smaller k. Fewer than 3 images: k = 1."""
-    from sklearn.metrics import silhouette_score
-
     n = len(x)
     distinct = len(np.unique(np.round(x, 6), axis=0))
     lo, hi = k_range[0], min(k_range[1], n - 1, distinct)
@@ -201,25 +185,18 @@ class ClusterName:
     def to_json(self) -> dict:
         return {"cluster": self.cluster, "size": self.size, "label": self.label, "source": self.source,
                 "purity": self.purity,
-                "answers": {p: {"label": a.label, "purity": a.purity, "n": a.n, "note": a.note} for p, a in self.answers.items()}}
-
-
-def parse_naming(text: str | Sequence[str]) -> tuple[str, ...]:
-    items = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
-    unknown = [s for s in items if s not in NAMING_PATHS]
-    if unknown or not items:
-        raise UserError(f"--naming takes a comma-separated list of {', '.join(NAMING_PATHS)} (got {text!r})")
-    return tuple(dict.fromkeys(items))
+                "answers": {p: {"label": a.label, "purity": a.purity, "n": a.n, "note": a.note}
+                            for p, a in self.answers.items()}}
 
 
 def majority(labels: Sequence[str | None]) -> PathAnswer:
-    votes = Counter(l for l in labels if l)
+    votes = Counter(label for label in labels if label)
     total = sum(votes.values())
     if not total:
         return PathAnswer(None, None, 0)
     # ties: the label seen first among the tied ones in sorted order, so results are deterministic
     top = max(votes.values())
-    label = sorted(l for l, c in votes.items() if c == top)[0]
+    label = sorted(name for name, c in votes.items() if c == top)[0]
     return PathAnswer(label, round(top / total, 4), total)
 
 
@@ -246,7 +223,8 @@ def load_manual_labels(path: Path, vocabulary: Vocabulary, k: int, current_id: s
         term = vocabulary.lookup(value, "shot_size")
         if term is None:
             known = ", ".join(t.key for t in vocabulary.shot_sizes)
-            raise UserError(f"cluster labels file {path}: cluster {cluster} is labelled {value!r}, not a shot size ({known})")
+            raise UserError(f"cluster labels file {path}: cluster {cluster} is labelled {value!r}, "
+                            f"not a shot size ({known})")
         out[cluster] = term.key
     return out
 
@@ -286,19 +264,6 @@ def name_clusters(clusters: np.ndarray, k: int, naming: Sequence[str], tags: Seq
 # --------------------------------------------------------------------------------------------
 # Balancing
 # --------------------------------------------------------------------------------------------
-def parse_target(text: str | int | None) -> str | int | None:
-    if text in (None, "none", "off", ""):
-        return None
-    if isinstance(text, int) or str(text).isdigit():
-        value = int(text)
-        if value < 1:
-            raise UserError("--balance-target must be a positive count, min, median, max or none")
-        return value
-    if text in ("min", "median", "max"):
-        return str(text)
-    raise UserError(f"--balance-target must be a count, min, median, max or none (got {text!r})")
-
-
 def target_count(counts: dict[str, int], target: str | int | None) -> int | None:
     present = [c for c in counts.values() if c > 0]
     if target is None or not present:

@@ -5,35 +5,36 @@ map of the embeddings, the confusion matrices (tag labels against cluster labels
 the OpenCV estimator) as pictures, one section per cluster (its label, where the label came from,
 purity, the tag labels inside, the images nearest its centre and the farthest ones) and one per
 final shot size. Thumbnails are small JPEGs under ``<gallery>/thumbs/`` named by image content, so a
-re-run reuses them. Pictures are drawn with matplotlib's Agg backend (no display needed).
+re-run reuses them. Pictures are drawn with matplotlib's object-oriented API and rendered by Agg (no
+display, no pyplot state).
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
 
+from storyboard.clustering.decode import open_for_embedding
 from storyboard.core.html import escape, relative_href, render_table, write_page
 from storyboard.core.records import atomic_write_bytes
 
 THUMB_SIZE = 200
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+def _figure(figsize: tuple[float, float]):
+    """A figure and its axes, outside pyplot (no global state, no display: drawn with Agg when saved)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _save(fig, path: Path) -> Path:
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
@@ -43,10 +44,9 @@ def _save(fig, path: Path) -> Path:
 def plot_confusion(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: Path, title: str,
                    xlabel: str = "predicted", ylabel: str = "true") -> Path:
     """A confusion matrix as a PNG: counts in the cells, shaded by share of the row."""
-    plt = _pyplot()
     matrix = np.asarray(matrix)
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(cols), 1.0 + 0.55 * len(rows)))
+    fig, ax = _figure((1.0 + 0.7 * len(cols), 1.0 + 0.55 * len(rows)))
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(cols)), [str(c) for c in cols], rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=8)
@@ -58,15 +58,11 @@ def plot_confusion(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str],
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def plot_k_selection(scores: dict[int, float], chosen: int, path: Path) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 2.8))
+    fig, ax = _figure((4.5, 2.8))
     ks = sorted(scores)
     ax.plot(ks, [scores[k] for k in ks], marker="o")
     ax.axvline(chosen, color="tab:red", linestyle="--", label=f"k = {chosen}")
@@ -74,15 +70,11 @@ def plot_k_selection(scores: dict[int, float], chosen: int, path: Path) -> Path:
     ax.set_ylabel("silhouette")
     ax.legend(fontsize=8)
     ax.set_title("choosing k", fontsize=9)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def plot_map(points: np.ndarray, clusters: Sequence[int], names: dict[int, str], path: Path) -> Path:
     """The embeddings in their first two principal components, coloured by cluster."""
-    plt = _pyplot()
     pts = np.asarray(points, np.float32)
     if len(pts) >= 2 and pts.shape[1] >= 2:
         centred = pts - pts.mean(0)
@@ -90,8 +82,8 @@ def plot_map(points: np.ndarray, clusters: Sequence[int], names: dict[int, str],
         xy = centred @ vt[:2].T
     else:
         xy = np.zeros((len(pts), 2))
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    cmap = plt.get_cmap("tab20")
+    fig, ax = _figure((5.5, 4.2))
+    cmap = matplotlib.colormaps["tab20"]
     clusters = np.asarray(clusters)
     for c in sorted(set(clusters.tolist())):
         sel = clusters == c
@@ -100,10 +92,7 @@ def plot_map(points: np.ndarray, clusters: Sequence[int], names: dict[int, str],
     ax.set_yticks([])
     ax.set_title("embeddings (first two principal components)", fontsize=9)
     ax.legend(fontsize=7, loc="best", markerscale=1.5)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def make_thumb(image: Path, thumbs: Path, key: str) -> Path:
@@ -111,13 +100,7 @@ def make_thumb(image: Path, thumbs: Path, key: str) -> Path:
     out = thumbs / f"{key[:20]}.jpg"
     if out.is_file():
         return out
-    import io
-
-    from PIL import Image
-
     try:
-        from storyboard.clustering.embed import open_for_embedding
-
         img = open_for_embedding(image, THUMB_SIZE)
     except Exception:  # the gallery never fails on one picture
         img = Image.new("RGB", (THUMB_SIZE, THUMB_SIZE), (200, 200, 200))
@@ -166,7 +149,8 @@ def write_gallery(folder: Path, title: str, summary: str, overview: list[tuple[s
         for item in items:
             src = relative_href(made[(item.image, item.key)], folder)
             href = relative_href(item.image, folder)
-            figures.append(f'<figure><a href="{href}"><img src="{src}" loading="lazy" title="{escape(item.caption)}"></a>'
+            figures.append(f'<figure><a href="{href}"><img src="{src}" loading="lazy" '
+                           f'title="{escape(item.caption)}"></a>'
                            f"<figcaption>{escape(item.caption)}</figcaption></figure>")
         return f'<div class="thumbs">{"".join(figures)}</div>'
 
@@ -254,7 +238,8 @@ def build_gallery(folder: Path, settings, vocab, rows, clustering, names, final,
         answers = "; ".join(f"{p}: {a.label or '-'} ({_pct(a.purity)} of {a.n})" for p, a in n.answers.items())
         cluster_rows.append((n.cluster, n.size, n.label or "-", n.source or "-", _pct(n.purity), tag_text, answers))
         block = GalleryBlock(f"cluster {n.cluster}: {n.label or 'unnamed'}",
-                             f"{n.size} images · named by {n.source or 'nothing'} · purity {_pct(n.purity)} · tag labels "
+                             f"{n.size} images · named by {n.source or 'nothing'} · purity {_pct(n.purity)} · "
+                             f"tag labels "
                              f"inside: {tag_text} · every path's answer: {answers}",
                              items=[item(i) for i in members[:per]], anchor=f"cluster-{n.cluster}")
         if len(members) > per:
@@ -280,7 +265,8 @@ def build_gallery(folder: Path, settings, vocab, rows, clustering, names, final,
             f"{summary.get('written', '?')} records written, {summary.get('rejected', '?')} rejected. "
             f"Model: {report.get('model', {}).get('described', '?')}. Clustering id {report.get('clustering_id')}. "
             f"To name clusters by hand, edit cluster_labels.template.json and pass it with --cluster-labels.")
-    tables = [("clusters at a glance", ("cluster", "images", "shot size", "named by", "purity", "tag labels inside", "answers"),
+    tables = [("clusters at a glance",
+               ("cluster", "images", "shot size", "named by", "purity", "tag labels inside", "answers"),
                cluster_rows),
               ("balanced training set", ("shot size", "before", "left out", "repeats", "after"),
                [(shot, v["before"], v["dropped"], v["repeats"], v["after"]) for shot, v in plan.per_shot.items()])]

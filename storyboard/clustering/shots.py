@@ -22,22 +22,23 @@ Uniform borders (letterbox bars, square padding) are trimmed first, so the frame
 picture's. ``fit_face_bounds`` re-derives the bounds from labelled data (e.g. the sample generator's
 ground truth); ``evaluate`` gives exact and within-one-step accuracy and the confusion matrix.
 
-``python -m storyboard.clustering.shots --sample-data DIR [--out DIR]`` measures the estimator on the sample
+``python -m storyboard.devkit.shot_eval --sample-data DIR [--out DIR]`` measures the estimator on the sample
 generator's ground truth (or ``--composites N`` on real faces composited at known shot sizes).
 """
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
 
-from storyboard.core.cli import UserError, format_table, progress, run_main
-from storyboard.core.records import read_json_object
+from storyboard.core.cli import UserError, format_table
 from storyboard.core.vocabulary import Vocabulary, load_vocabulary
 
 # Typical frame height of each shot size in head heights (top of the head to the chin), from the
@@ -80,7 +81,8 @@ class ShotGuess:
     details: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"shot_size": self.shot_size, "score": round(float(self.score), 4), "source": self.source, **self.details}
+        return {"shot_size": self.shot_size, "score": round(float(self.score), 4), "source": self.source,
+                **self.details}
 
 
 class ShotJudge(Protocol):
@@ -159,16 +161,12 @@ SKIN_MIN_SHARE = 0.25  # share of a colour face box's centre that must be skin-c
 
 def is_colourful(rgb: np.ndarray) -> bool:
     """False for greyscale and near-greyscale pictures (pencil storyboards, black-and-white stills)."""
-    import cv2
-
     small = rgb[:: max(1, rgb.shape[0] // 128), :: max(1, rgb.shape[1] // 128)]
     return float(cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2HSV)[..., 1].mean()) > 25
 
 
 def skin_share(rgb: np.ndarray, box) -> float:
     """Share of skin-coloured pixels (a broad YCrCb range) in the middle of ``box`` (x, y, w, h)."""
-    import cv2
-
     x, y, w, h = (int(round(v)) for v in box)
     crop = rgb[max(0, y + h // 5): max(0, y + 4 * h // 5), max(0, x + w // 5): max(0, x + 4 * w // 5)]
     if crop.size == 0:
@@ -205,8 +203,6 @@ class OpenCVShotEstimator:
 
     def __init__(self, vocabulary: Vocabulary | None = None, bounds: dict[str, float] | None = None,
                  min_neighbors: int = 5, use_body: bool = True):
-        import cv2
-
         self.vocabulary = vocabulary or load_vocabulary()
         self.order = [t.key for t in self.vocabulary.shot_sizes]
         bounds = dict(bounds or DEFAULT_FACE_BOUNDS)
@@ -224,8 +220,6 @@ class OpenCVShotEstimator:
 
     @staticmethod
     def _cascade(path: Path):
-        import cv2
-
         cascade = cv2.CascadeClassifier(str(path))
         if cascade.empty():
             raise UserError(f"OpenCV's Haar cascade {path.name} is missing: install opencv-python-headless<5 "
@@ -241,8 +235,6 @@ class OpenCVShotEstimator:
     def measure(self, rgb: np.ndarray, content_box: Sequence[float] | None = None) -> Measurement:
         """Measure the subject. ``content_box`` (x0, y0, x1, y1): the part of ``rgb`` that is the
         picture (e.g. inside the padding a square was made with); None: found by trimming flat bars."""
-        import cv2
-
         gray_full = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
         if content_box is not None:
             H, W = gray_full.shape
@@ -383,16 +375,12 @@ class ClipZeroShotJudge:
 
     def __init__(self, model, tokenizer, vocabulary: Vocabulary | None = None, preprocess=None, device=None,
                  templates: Sequence[str] = ZERO_SHOT_TEMPLATES):
-        import torch
-
         self.model = model
         self.tokenizer = tokenizer
         self.vocabulary = vocabulary or load_vocabulary()
         self.order = [t.key for t in self.vocabulary.shot_sizes]
         self.device = device or next(model.parameters()).device
         if preprocess is None:
-            from open_clip.transform import PreprocessCfg, image_transform_v2
-
             cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
             preprocess = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
         self.preprocess = preprocess
@@ -415,7 +403,7 @@ class ClipZeroShotJudge:
 
     @classmethod
     def from_clip(cls, clip, vocabulary: Vocabulary | None = None) -> ClipZeroShotJudge:
-        """From ``embed.ClipModel``."""
+        """From ``clip.ClipModel``."""
         return cls(clip.model, clip.tokenizer, vocabulary, clip.preprocess, clip.device)
 
     def probabilities(self, image_features: np.ndarray) -> np.ndarray:
@@ -430,8 +418,6 @@ class ClipZeroShotJudge:
         return [ShotGuess(self.order[int(row.argmax())], float(row.max()), self.name) for row in probs]
 
     def judge(self, images) -> list[ShotGuess]:
-        import torch
-
         if not images:
             return []
         with torch.inference_mode():
@@ -497,163 +483,6 @@ class ShotEvaluation:
                 "per_class_recall": {k: round(r, 4) for k, _, r in self.per_class()}}
 
 
-def evaluate(truth: Sequence[str], predicted: Sequence[str | None], order: Sequence[str], name: str = "") -> ShotEvaluation:
+def evaluate(truth: Sequence[str], predicted: Sequence[str | None], order: Sequence[str],
+             name: str = "") -> ShotEvaluation:
     return ShotEvaluation(list(order), list(truth), list(predicted), name)
-
-
-def load_ground_truth(root: Path) -> list[tuple[Path, dict]]:
-    """(image path, ground-truth entry) for every image of a sample-data folder with a shot size."""
-    truth_file = root / "ground_truth.json"
-    if not truth_file.is_file():
-        raise UserError(f"{root} holds no ground_truth.json (make one with python -m storyboard.devkit.sample_data --out {root})")
-    truth = read_json_object(truth_file, "ground truth file")
-    items = []
-    for rel, info in (truth.get("images") or {}).items():
-        if not isinstance(info, dict) or not info.get("shot_size"):
-            continue
-        for base in (root / "images", root):
-            if (base / rel).is_file():
-                items.append((base / rel, info))
-                break
-    if not items:
-        raise UserError(f"{truth_file} lists no image with a shot size that exists under {root}")
-    return items
-
-
-@dataclass
-class EstimatorReport:
-    default: ShotEvaluation
-    calibrated: ShotEvaluation | None
-    by_kind: dict[str, ShotEvaluation]
-    bounds: dict[str, float]
-    fitted_bounds: dict[str, float] | None
-    detectors: dict[str, int]
-    skipped: int
-
-    def to_json(self) -> dict:
-        return {"default_bounds": self.default.to_json(), "calibrated_cross_validated": self.calibrated.to_json()
-                if self.calibrated else None, "by_kind": {k: v.to_json() for k, v in self.by_kind.items()},
-                "bounds": self.bounds, "fitted_bounds": self.fitted_bounds, "detectors": self.detectors,
-                "skipped_unreadable": self.skipped}
-
-
-def evaluate_estimator(items: Sequence[tuple], estimator: OpenCVShotEstimator | None = None,
-                       calibrate: bool = True) -> EstimatorReport:
-    """``items``: (image path or RGB array, true shot key, kind[, content box]). Measures once; scores the
-    default bounds and, with ``calibrate``, bounds fitted on one half and scored on the other (2-fold)."""
-    from storyboard.core.imageio import load_rgb
-    from storyboard.core.records import RecordError
-
-    estimator = estimator or OpenCVShotEstimator()
-    order = estimator.order
-    measured: list[tuple[Measurement, str, str]] = []
-    skipped = 0
-    for image, key, kind, *box in progress(items, desc="measuring", total=len(items), unit="img"):
-        try:
-            rgb = image if isinstance(image, np.ndarray) else load_rgb(image).rgb
-        except RecordError:
-            skipped += 1
-            continue
-        measured.append((estimator.measure(rgb, box[0] if box else None), key, kind))
-    truth = [k for _, k, _ in measured]
-    guesses = [estimator.classify(m).shot_size for m, _, _ in measured]
-    default = evaluate(truth, guesses, order, "default bounds")
-    by_kind = {}
-    for kind in sorted({k for _, _, k in measured}):
-        idx = [i for i, (_, _, k) in enumerate(measured) if k == kind]
-        by_kind[kind] = evaluate([truth[i] for i in idx], [guesses[i] for i in idx], order, kind)
-    detectors: dict[str, int] = {}
-    for m, _, _ in measured:
-        detectors[m.kind] = detectors.get(m.kind, 0) + 1
-    calibrated = fitted = None
-    if calibrate and len(measured) >= 8:
-        rng = np.random.default_rng(0)
-        folds = rng.permutation(len(measured)) % 2
-        predicted: list[str | None] = [None] * len(measured)
-        for f in (0, 1):
-            train = [i for i in range(len(measured)) if folds[i] != f]
-            bounds = fit_face_bounds([measured[i][0] for i in train], [truth[i] for i in train], order, estimator.bounds)
-            fold_est = _with_bounds(estimator, bounds)
-            for i in range(len(measured)):
-                if folds[i] == f:
-                    predicted[i] = fold_est.classify(measured[i][0]).shot_size
-        calibrated = evaluate(truth, predicted, order, "bounds fitted on the other half")
-        fitted = fit_face_bounds([m for m, _, _ in measured], truth, order, estimator.bounds)
-    return EstimatorReport(default, calibrated, by_kind, dict(estimator.bounds), fitted, detectors, skipped)
-
-
-def _with_bounds(estimator: OpenCVShotEstimator, bounds: dict[str, float]) -> OpenCVShotEstimator:
-    clone = object.__new__(OpenCVShotEstimator)
-    clone.__dict__.update(estimator.__dict__)
-    clone.bounds = {k: float(bounds[k]) for k in estimator.order}
-    return clone
-
-
-def composite_items(n_per_shot: int, seed: int = 0, vocabulary: Vocabulary | None = None) -> list[tuple[np.ndarray, str, str]]:
-    """Real faces composited at known shot sizes (``storyboard.devkit.shot_composites``), several frame sizes."""
-    from storyboard.devkit.shot_composites import FRAMING, composite
-
-    sizes = [(640, 360), (480, 360), (270, 480), (640, 480), (400, 300), (360, 640)]
-    keys = [t.key for t in (vocabulary or load_vocabulary()).shot_sizes if t.key in FRAMING]
-    items = []
-    for key in keys:
-        for i in range(n_per_shot):
-            w, h = sizes[(i + seed) % len(sizes)]
-            c = composite(key, w, h, seed=seed * 1000 + i)
-            items.append((np.asarray(c.image), key, "composite"))
-    return items
-
-
-def write_estimator_report(report: EstimatorReport, out: Path, title: str) -> list[Path]:
-    """``estimator_accuracy.json`` + a confusion matrix PNG per evaluation under ``out``."""
-    from storyboard.clustering.gallery import plot_confusion
-    from storyboard.core.records import atomic_write_json
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "estimator_accuracy.json"]
-    atomic_write_json(written[0], {"title": title, **report.to_json()})
-    ev = report.default
-    png = out / "estimator_confusion.png"
-    plot_confusion(ev.confusion, ev.order, ev.order + ["none"], png,
-                   f"{title}: {ev.exact:.0%} exact, {ev.within_one:.0%} within one (n={ev.n})",
-                   xlabel="estimated", ylabel="true")
-    written.append(png)
-    return written
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m storyboard.clustering.shots",
-                                     description="Measure the OpenCV shot-size estimator against known shot sizes.")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--sample-data", type=Path, help="a folder written by python -m storyboard.devkit.sample_data (ground_truth.json)")
-    src.add_argument("--composites", type=int, metavar="N", help="instead: N real-face composites per shot size")
-    parser.add_argument("--out", type=Path, default=None, help="write estimator_accuracy.json and the confusion PNG here")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vocabulary", type=Path, default=None)
-    args = parser.parse_args(argv)
-    vocab = load_vocabulary(args.vocabulary)
-    estimator = OpenCVShotEstimator(vocab)
-    if args.sample_data:
-        items = [(path, info["shot_size"], str(info.get("kind", "image")), info.get("content_box"))
-                 for path, info in load_ground_truth(args.sample_data)]
-        title = f"OpenCV estimator on {args.sample_data}"
-    else:
-        items = composite_items(args.composites, args.seed, vocab)
-        title = f"OpenCV estimator on {len(items)} real-face composites"
-    report = evaluate_estimator(items, estimator)
-    print(title)
-    print(report.default.table())
-    for kind, ev in report.by_kind.items():
-        print(f"  {kind}: {ev.exact:.0%} exact, {ev.within_one:.0%} within one step (n={ev.n})")
-    if report.calibrated:
-        print(f"  with bounds fitted on the other half (2-fold): {report.calibrated.exact:.0%} exact, "
-              f"{report.calibrated.within_one:.0%} within one step")
-    print("  detectors: " + ", ".join(f"{k} {v}" for k, v in sorted(report.detectors.items())))
-    if args.out:
-        for path in write_estimator_report(report, args.out, title):
-            print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_main(main)

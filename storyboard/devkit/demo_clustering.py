@@ -3,7 +3,7 @@
 
 It runs, from the demo's work folder (laid out like the seed's root):
 
-1. ``python -m storyboard.clustering.shots --sample-data sample_data --out Dataset_clustering_method/estimator``:
+1. ``python -m storyboard.devkit.shot_eval --sample-data sample_data --out Dataset_clustering_method/estimator``:
    the OpenCV shot-size estimator measured on the sample generator's ground truth;
 2. ``python Dataset_clustering_method/run_clip_clustering.py --clip-model local-dir:clip ...``: the
    stage with the tiny CLIP. Its clusters are meaningless (random weights, whose features are nearly
@@ -25,7 +25,7 @@ DEMO_ARGS = ("--clip-model", "local-dir:clip", "--naming", "labels,estimator", "
 def step_clustering(demo) -> Section:
     work = Path(demo.work)
     est_dir = work / "Dataset_clustering_method" / "estimator"
-    demo.python("-m", "storyboard.clustering.shots", "--sample-data", "sample_data", "--out", est_dir)
+    demo.python("-m", "storyboard.devkit.shot_eval", "--sample-data", "sample_data", "--out", est_dir)
     command = demo.python(FRONT_DOOR, *DEMO_ARGS)
     gallery = work / "Dataset_clustering_method" / "gallery"
     report = json.loads((gallery / "clustering_report.json").read_text(encoding="utf-8"))

@@ -257,7 +257,8 @@ def _candidate_mask(rgb: np.ndarray, flat: np.ndarray, region_full: np.ndarray, 
     grow, outline = _outline_rings(crop, filled, fill, max_rings, p)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
     mask = cv2.dilate(filled, kernel)
-    info = dict(fill=tuple(int(c) for c in fill), outline_px=outline, text_parts=parts, solidity=float(solidity))
+    info = {"fill": tuple(int(c) for c in fill), "outline_px": outline, "text_parts": parts,
+            "solidity": float(solidity)}
     return (x0, y0, x1, y1), mask, info
 
 

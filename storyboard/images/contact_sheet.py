@@ -20,6 +20,7 @@ import numpy as np
 
 from storyboard.core.cli import UserError, run_main
 from storyboard.core.html import relative_href, write_page
+from storyboard.core.imageio import load_rgb
 from storyboard.core.records import RecordError, atomic_write_bytes, load_jsonl, resolve_under
 
 COLUMNS = ("original", "bubble mask", "cleaned square", "line art")
@@ -51,8 +52,6 @@ def _fit(rgb: np.ndarray | None, cell: int) -> np.ndarray:
 
 
 def _read(path: Path | None) -> np.ndarray | None:
-    from storyboard.core.imageio import load_rgb
-
     if path is None:
         return None
     try:
@@ -149,7 +148,8 @@ def _html_row(n: int, record: dict, links: Sequence[Path | None], page_dir: Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m storyboard.images.contact_sheet", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m storyboard.images.contact_sheet",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path("Dataset_fin"), help="the finalized data set")
     parser.add_argument("--image-root", type=Path, default=None,
                         help="where the records' original images are (the finalize stage's --image-root)")

@@ -10,7 +10,7 @@ For every record of ``metadata_translated.jsonl`` (in input order):
    ``images/<name>.<format>``;
 4. write the record: every input field kept, plus ``file_name`` (imagefolder), ``source_size``,
    ``source_sha256``, ``source_mode``, ``source_format``, ``exif_orientation``, ``square`` (the
-   transform: ``squares.box_to_square`` / ``box_to_source``), ``subject_box``/``subject_from`` (with
+   transform: ``core.geometry.box_to_square`` / ``box_to_source``), ``subject_box``/``subject_from`` (with
    ``--fit subject``), ``bubble_mask_file``, ``bubbles`` and ``bubble_area``.
 
 Output: ``OUT/metadata.jsonl``, ``OUT/rejects.jsonl``, ``OUT/run.json``, ``OUT/images/``,
@@ -37,20 +37,28 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+
 from storyboard.core.cli import UserError, progress
+from storyboard.core.imageio import load_rgb_bytes, read_image_bytes
 from storyboard.core.records import (
     RecordError,
     StageRecords,
     atomic_write_bytes,
     atomic_write_json,
+    check_fields,
     read_json_object_or_none,
     read_jsonl,
     resolve_under,
 )
+from storyboard.images.bubbles import INPAINT_METHODS, METHOD_VERSION, remove_bubbles
+from storyboard.images.squares import FITS, PAD_FILLS, detect_subject, make_square
 
 # Bump when this stage's output for the same input and settings changes (resume keys include it).
 STAGE_VERSION = 1
@@ -73,8 +81,6 @@ class FinalizeSettings:
     max_pixels: int = 89_478_485
 
     def key(self) -> str:
-        from storyboard.images.bubbles import METHOD_VERSION
-
         data = asdict(self)
         data.pop("max_pixels")  # decides rejects, never the bytes of an accepted image
         data["stage_version"] = STAGE_VERSION
@@ -82,9 +88,6 @@ class FinalizeSettings:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def check(self) -> None:
-        from storyboard.images.bubbles import INPAINT_METHODS
-        from storyboard.images.squares import FITS, PAD_FILLS
-
         if not 16 <= self.size <= 8192:
             raise UserError(f"--size {self.size} is out of range (16..8192)")
         if self.fit not in FITS:
@@ -131,8 +134,6 @@ class Task:
 
 def encode_image(rgb, image_format: str, quality: int) -> bytes:
     """RGB array -> file bytes (OpenCV's encoders: fast, and the same the bench's bare loop uses)."""
-    import cv2
-
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if image_format == "png":
         ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
@@ -169,10 +170,6 @@ def process_image(task: Task) -> dict:
 
 
 def _process_image(task: Task) -> dict:
-    from storyboard.core.imageio import load_rgb_bytes, read_image_bytes
-    from storyboard.images.bubbles import remove_bubbles
-    from storyboard.images.squares import detect_subject, make_square
-
     out, s, source = Path(task.out), task.settings, Path(task.source)
     data = read_image_bytes(source)
     sha = hashlib.sha256(data).hexdigest()
@@ -216,8 +213,6 @@ def _process_image(task: Task) -> dict:
 
 
 def _encode_mask(mask) -> bytes:
-    import cv2
-
     ok, buf = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 6])
     if not ok:
         raise RuntimeError("could not encode a bubble mask")
@@ -225,8 +220,6 @@ def _encode_mask(mask) -> bytes:
 
 
 def _init_worker() -> None:
-    import cv2
-
     cv2.setNumThreads(1)  # one process per core already; threads inside would only fight
 
 
@@ -236,9 +229,6 @@ def run_tasks(tasks: Sequence[Task], workers: int) -> Iterator[dict]:
         for task in tasks:
             yield process_image(task)
         return
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
     ctx = multiprocessing.get_context("spawn")  # no fork after OpenCV threads started
     with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker) as pool:
         try:
@@ -253,16 +243,6 @@ def run_tasks(tasks: Sequence[Task], workers: int) -> Iterator[dict]:
 # --------------------------------------------------------------------------------------------
 # The stage
 # --------------------------------------------------------------------------------------------
-def parse_shard(value: str | None) -> tuple[int, int] | None:
-    """``"i/n"`` -> (i, n) with 0 <= i < n; None stays None."""
-    if value in (None, ""):
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
-    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
-        raise UserError(f"--shard {value!r}: expected i/n with 0 <= i < n, e.g. 0/4")
-    return int(match.group(1)), int(match.group(2))
-
-
 @dataclass
 class _Planned:
     item: Any  # JsonlItem
@@ -273,8 +253,6 @@ class _Planned:
 def _plan(metadata: Path, image_root: Path) -> list[_Planned]:
     """Every line of the input with its fate decided where it can be without the image: the field
     checks, the path guard, duplicates (by id, across the whole file, so shards agree) and names."""
-    from storyboard.core.records import check_fields
-
     planned, seen, taken = [], set(), set()
     for item in read_jsonl(metadata):
         entry = _Planned(item, item.error)
@@ -333,9 +311,11 @@ def prune(out: Path, keep: set[str]) -> int:
 
 
 def finalize_dataset(metadata: Path, image_root: Path, out: Path, settings: FinalizeSettings,
-                     workers: int = 1, shard: tuple[int, int] | None = None,
+                     workers: int = 1, shard: tuple[int, int] | None = (0, 1),
                      config: dict | None = None) -> StageRecords:
-    """Run the stage (see the module doc); returns the closed ``StageRecords`` for its summary."""
+    """Run the stage (see the module doc); returns the closed ``StageRecords`` for its summary.
+    ``shard``: ``(i, n)`` as ``core.runtime.parse_shard`` gives it; ``(0, 1)`` (or None) is the whole input,
+    not a shard."""
     settings.check()
     metadata, image_root, out = Path(metadata), Path(image_root), Path(out)
     if not metadata.is_file():
@@ -345,6 +325,7 @@ def finalize_dataset(metadata: Path, image_root: Path, out: Path, settings: Fina
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     planned = _plan(metadata, image_root)
+    shard = shard if shard and shard[1] > 1 else None
     if shard:
         i, n = shard
         planned = [p for index, p in enumerate(planned) if index % n == i]

@@ -24,15 +24,16 @@ Model folders are only ever read from disk: a path that is not a folder is a use
 Hub lookup (controlnet_aux's ``from_pretrained`` downloads for anything that is not a directory).
 controlnet_aux 0.0.10 calls ``torch.load`` without ``weights_only``; that is safe from torch 2.6,
 where ``weights_only=True`` is the default, and on older torch the annotators are built from
-controlnet_aux's classes here and loaded with ``weights_only=True`` (see ``load_detector``).
+controlnet_aux's classes here and loaded with ``weights_only=True`` (see
+``lineart_models.load_detector``).
+
+This module is what the stage needs without torch (settings, checks, the OpenCV backends, seeds);
+the model backends, which load torch, are in ``storyboard.images.lineart_models``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import warnings
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ import cv2
 import numpy as np
 
 from storyboard.core.cli import UserError
+from storyboard.core.imageio import load_rgb
 
 BACKENDS = ("xdog", "canny", "lineart", "lineart_anime", "sdxl-controlnet")
 DETECTORS = ("lineart", "lineart_anime", "xdog", "canny")
@@ -49,6 +51,7 @@ OUT_DIR = "lineart"
 DEFAULT_PROMPT = ("clean black and white line art, storyboard sketch, crisp thin ink outlines, "
                   "white background, no shading")
 DEFAULT_NEGATIVE = "color, shading, gray tones, noise, blurry, text, watermark, speech bubble"
+_KEYED_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}  # --dtype as resume keys spell it
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class LineartSettings:
         """What decides the output bytes (not the device, batch size or where the folders are)."""
         data = {k: v for k, v in asdict(self).items() if k not in ("device", "batch_size", "annotators",
                                                                       "base_model", "controlnet")}
+        # --dtype once took torch's spellings here: keys of earlier runs keep resuming.
+        data["dtype"] = _KEYED_DTYPE.get(data["dtype"], data["dtype"])
         if self.backend not in MODEL_BACKENDS:
             data = {k: v for k, v in data.items() if k.startswith(("backend", "size", self.backend))}
         data["stage_version"] = STAGE_VERSION
@@ -159,134 +164,15 @@ def canny(rgb: np.ndarray, low: int = 60, high: int = 150) -> np.ndarray:
     return 255 - edges
 
 
-# --------------------------------------------------------------------------------------------
-# Model backends
-# --------------------------------------------------------------------------------------------
-def _torch_loads_safely() -> bool:
-    import torch
-
-    major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
-    return (major, minor) >= (2, 6)  # torch.load defaults to weights_only=True from 2.6
-
-
-def load_detector(kind: str, folder: str | Path):
-    """controlnet_aux's ``LineartDetector`` / ``LineartAnimeDetector`` from a local folder only."""
-    import functools
-
-    import torch
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"annotator folder not found: {folder}")
-    names = {"lineart": ("sk_model.pth", "sk_model2.pth"), "lineart_anime": ("netG.pth",)}[kind]
-    missing = [n for n in names if not (folder / n).is_file()]
-    if missing:
-        raise UserError(f"{folder} lacks {', '.join(missing)} (the {kind} annotator's weights)")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # controlnet_aux imports every annotator (mediapipe, timm notices)
-        from controlnet_aux.lineart import Generator, LineartDetector
-        from controlnet_aux.lineart_anime import LineartAnimeDetector, UnetGenerator
-    if _torch_loads_safely():
-        cls = LineartDetector if kind == "lineart" else LineartAnimeDetector
-        return cls.from_pretrained(str(folder))  # a directory: read locally, never downloaded
-
-    def state(name: str) -> dict:
-        value = torch.load(folder / name, map_location="cpu", weights_only=True)
-        return {k.replace("module.", ""): v for k, v in value.items()}
-
-    if kind == "lineart":
-        fine, coarse = Generator(3, 1, 3), Generator(3, 1, 3)
-        fine.load_state_dict(state(names[0]))
-        coarse.load_state_dict(state(names[1]))
-        return LineartDetector(fine.eval(), coarse.eval())
-    net = UnetGenerator(3, 1, 8, 64, norm_layer=functools.partial(torch.nn.InstanceNorm2d, affine=False,
-                                                                    track_running_stats=False))
-    net.load_state_dict(state(names[0]))
-    return LineartAnimeDetector(net.eval())
-
-
-def pick_device(device: str, dtype: str):
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "float16" if device.startswith("cuda") else "float32"
-    if dtype not in ("float16", "bfloat16", "float32"):
-        raise UserError(f"--dtype {dtype!r}: choose from auto, float16, bfloat16, float32")
-    return device, getattr(torch, dtype)
-
-
-class ModelBackend:
-    """The annotator (and the SDXL ControlNet pipeline), loaded once, applied batch by batch."""
-
-    def __init__(self, s: LineartSettings):
-        self.s = s
-        self.device, self.dtype = pick_device(s.device, s.dtype)
-        detector_kind = s.backend if s.backend != "sdxl-controlnet" else s.detector
-        self.detector = None
-        if detector_kind in ("lineart", "lineart_anime"):
-            self.detector = load_detector(detector_kind, s.annotators).to(self.device)
-        self.detector_kind = detector_kind
-        self.pipe = None
-        if s.backend == "sdxl-controlnet":
-            from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
-
-            controlnet = ControlNetModel.from_pretrained(s.controlnet, dtype=self.dtype, local_files_only=True)
-            self.pipe = StableDiffusionXLControlNetPipeline.from_pretrained(
-                s.base_model, controlnet=controlnet, dtype=self.dtype, local_files_only=True)
-            self.pipe.to(self.device)
-            self.pipe.set_progress_bar_config(disable=True)
-        # No global torch.set_grad_enabled(False): this may run inside a bigger process (tests, a
-        # notebook); the pipeline and the annotators already run under torch.no_grad().
-
-    def control(self, rgb: np.ndarray, size: int) -> np.ndarray:
-        """White lines on black at ``size`` x ``size`` (ControlNet-lineart's convention)."""
-        kind = self.detector_kind
-        if kind == "xdog":
-            lines = 255 - xdog(rgb)
-        elif kind == "canny":
-            lines = 255 - canny(rgb, self.s.canny_low, self.s.canny_high)
-        else:
-            kwargs = {"coarse": self.s.coarse} if kind == "lineart" else {}
-            # Never detect finer than the output: a 64 px control image needs no 512 px pass.
-            detect = max(64, min(self.s.detect_resolution, size))
-            out = self.detector(rgb, detect_resolution=detect, image_resolution=size, output_type="np", **kwargs)
-            lines = np.asarray(out)[..., 0] if np.asarray(out).ndim == 3 else np.asarray(out)
-        if lines.shape != (size, size):
-            lines = cv2.resize(lines, (size, size), interpolation=cv2.INTER_AREA)
-        return lines
-
-    def run(self, images: Sequence[np.ndarray], size: int, seeds: Sequence[int]) -> list[np.ndarray]:
-        controls = [self.control(rgb, size) for rgb in images]
-        if self.pipe is None:
-            return [255 - c for c in controls]  # an annotator's own lines, black on white
-        import torch
-        from PIL import Image
-
-        n = len(images)
-        result = self.pipe(
-            prompt=[self.s.prompt] * n, negative_prompt=[self.s.negative_prompt] * n,
-            image=[Image.fromarray(c).convert("RGB") for c in controls], height=size, width=size,
-            num_inference_steps=self.s.steps, guidance_scale=self.s.guidance_scale,
-            controlnet_conditioning_scale=self.s.controlnet_scale,
-            # CPU generators: the same seed gives the same picture on any device and batch size.
-            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-        )
-        return [np.asarray(img.convert("RGB")) for img in result.images]
-
-
 def record_seed(base_seed: int, record_id: str) -> int:
     """A record's own seed: stable across runs, orders, batches and shards."""
     digest = hashlib.sha256(f"{base_seed}\0{record_id}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def _cpu_lines(args: tuple[str, str, int | None, dict]) -> np.ndarray:
+def cpu_lines(args: tuple[str, str, int | None, dict]) -> np.ndarray:
+    """One image's line art by a weight-free backend: (path, backend, size, its parameters) -> lines."""
     path, backend, size, params = args
-    from storyboard.core.imageio import load_rgb
-
     rgb = load_rgb(path).rgb
     if size and rgb.shape[:2] != (size, size):
         rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -13,7 +14,7 @@ import cv2
 import numpy as np
 
 from storyboard.core.cli import UserError, progress
-from storyboard.core.imageio import read_image_bytes
+from storyboard.core.imageio import load_rgb, read_image_bytes
 from storyboard.core.records import (
     RecordError,
     StageRecords,
@@ -24,15 +25,7 @@ from storyboard.core.records import (
     read_jsonl,
     resolve_under,
 )
-from storyboard.images.lineart import (
-    MODEL_BACKENDS,
-    OUT_DIR,
-    LineartSettings,
-    ModelBackend,
-    _cpu_lines,
-    check_settings,
-    record_seed,
-)
+from storyboard.images.lineart import MODEL_BACKENDS, OUT_DIR, LineartSettings, check_settings, cpu_lines, record_seed
 
 STATE_DIR = ".state"
 
@@ -105,7 +98,7 @@ def _save(entry: _Item, lines: np.ndarray, data_dir: Path, out: Path, s: Lineart
 
 def _cpu_job(args):
     try:
-        return _cpu_lines(args)
+        return cpu_lines(args)
     except RecordError as exc:
         return exc
     except Exception as exc:  # one odd image must not stop the run
@@ -116,8 +109,6 @@ def _run_cpu(todo: list[_Item], data_dir: Path, out: Path, s: LineartSettings, w
     params = {k: v for k, v in asdict(s).items() if k.startswith(("xdog_", "canny_"))}
     jobs = [(str(e.source), s.backend, s.size, params) for e in todo]
     if workers > 1 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
             results = pool.map(_cpu_job, jobs)
             for entry, result in progress(zip(todo, results), desc="line art", total=len(todo), unit="img"):
@@ -135,7 +126,7 @@ def _keep(entry: _Item, result, data_dir: Path, out: Path, s: LineartSettings) -
 
 
 def _run_models(todo: list[_Item], data_dir: Path, out: Path, s: LineartSettings) -> None:
-    from storyboard.core.imageio import load_rgb
+    from storyboard.images.lineart_models import ModelBackend  # noqa: PLC0415 (heavy: loads torch only after the records are planned and a model backend is asked for)
 
     backend = ModelBackend(s)
     bar = progress(None, desc=f"line art ({s.backend})", total=len(todo), unit="img")
@@ -211,7 +202,7 @@ def run_lineart(metadata: Path, data_dir: Path, output: Path, settings: LineartS
     elif todo:
         _run_cpu(todo, data_dir, out, s, workers)
 
-    config = dict(config or {}, settings={k: v for k, v in asdict(s).items()}, settings_key=s.key(), workers=workers)
+    config = dict(config or {}, settings=dict(asdict(s)), settings_key=s.key(), workers=workers)
     stage = StageRecords(output, rejects=out / "rejects.jsonl", stage="lineart", config=config)
     stage.run_info = out / "run.json"
     with stage:

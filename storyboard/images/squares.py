@@ -11,65 +11,21 @@ Three policies (``--fit``):
   a full body from OpenCV's Haar cascades; else the centre of the image's edge energy), centred on
   it and clamped to the picture. A subject longer than the window keeps its top (the head).
 
-The transform is one scale per axis and an offset, in the square's pixels::
-
-    square_x = source_x * scale[0] + offset[0]       square_y = source_y * scale[1] + offset[1]
-
-stored in the record as ``square`` (see ``transform_record``); ``box_to_square`` and
-``box_to_source`` apply it both ways. ``source`` coordinates are those of the upright image (EXIF
-orientation applied), the same as the bubble mask's.
+Each square comes with its transform (``storyboard.core.geometry.SquareTransform``: one scale per axis
+and an offset), stored in the record as ``square``; ``core.geometry.box_to_square`` and ``box_to_source``
+map boxes both ways (the clustering stage reads it too, hence its place in ``core``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
 
 import cv2
 import numpy as np
 
+from storyboard.core.geometry import SquareTransform
+
 FITS = ("pad", "crop", "subject")
 PAD_FILLS = ("edge", "blur")
-
-
-@dataclass(frozen=True)
-class SquareTransform:
-    size: int
-    scale: tuple[float, float]
-    offset: tuple[float, float]
-    source_size: tuple[int, int]  # (width, height)
-    fit: str
-    pad_fill: str | None = None
-
-    def as_record(self) -> dict:
-        # Full precision: JSON keeps a float exactly, and mapping boxes back needs it.
-        out = {"fit": self.fit, "size": self.size, "scale": [self.scale[0], self.scale[1]],
-               "offset": [self.offset[0], self.offset[1]]}
-        if self.pad_fill:
-            out["pad_fill"] = self.pad_fill
-        return out
-
-
-def transform_from_record(record: dict) -> SquareTransform:
-    """The transform a finalized record carries (``square`` + ``source_size``)."""
-    sq = record["square"]
-    w, h = record["source_size"]
-    return SquareTransform(int(sq["size"]), (float(sq["scale"][0]), float(sq["scale"][1])),
-                           (float(sq["offset"][0]), float(sq["offset"][1])), (int(w), int(h)), sq["fit"],
-                           sq.get("pad_fill"))
-
-
-def box_to_square(box, t: SquareTransform) -> list[float]:
-    """[x0, y0, x1, y1] in source pixels -> the same box in the square's pixels (may fall outside a crop)."""
-    x0, y0, x1, y1 = map(float, box)
-    return [x0 * t.scale[0] + t.offset[0], y0 * t.scale[1] + t.offset[1],
-            x1 * t.scale[0] + t.offset[0], y1 * t.scale[1] + t.offset[1]]
-
-
-def box_to_source(box, t: SquareTransform) -> list[float]:
-    """[x0, y0, x1, y1] in the square's pixels -> source pixels."""
-    x0, y0, x1, y1 = map(float, box)
-    return [(x0 - t.offset[0]) / t.scale[0], (y0 - t.offset[1]) / t.scale[1],
-            (x1 - t.offset[0]) / t.scale[0], (y1 - t.offset[1]) / t.scale[1]]
 
 
 def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:

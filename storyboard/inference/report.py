@@ -18,18 +18,23 @@ checkpoint, each with its PNGs and ``images.jsonl``) and writes ``<output-dir>/r
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image, ImageDraw, ImageFont
 
 from storyboard.core.cli import UserError, format_table
 from storyboard.core.html import escape, relative_href, render_table, write_page
 from storyboard.core.records import atomic_write_bytes, atomic_write_json, read_jsonl
 from storyboard.core.vocabulary import Vocabulary
-from storyboard.inference.generate import plain_prompt
+from storyboard.inference.prompt_files import read_validation_prompts
+from storyboard.inference.prompts import plain_prompt
 
 BASE_COLUMN = "base"
 REPORT_DIR = "report"
@@ -47,6 +52,15 @@ class ShotJudge(Protocol):
     name: str
 
     def judge(self, images: Sequence[Any]) -> Sequence[Guess]:
+        ...
+
+
+@runtime_checkable
+class ClipScoring(Protocol):
+    """A judge that also gives each image its CLIP score against a text (``storyboard.inference.judges``)."""
+
+    def clip_scores(self, items: Sequence[tuple[Any, Path, str]], batch_size: int = 16,
+                    log: Callable = print) -> dict[Any, float]:
         ...
 
 
@@ -96,8 +110,6 @@ def image_path(col: Column, rid: str) -> Path | None:
 def judge_columns(judge: ShotJudge, columns: Sequence[Column], cache_file: Path | None, batch_size: int = 16,
                   log: Callable = print) -> dict[tuple[str, str], str | None]:
     """(column, record id) -> the judged shot size, judging only images not in the cache."""
-    from PIL import Image
-
     cache: dict = {}
     if cache_file and cache_file.is_file():
         try:
@@ -190,73 +202,29 @@ def fidelity_table(judge_name: str, records: Sequence[dict], columns: Sequence[C
 
 
 # --------------------------------------------------------------------------------------------
-# CLIP: judge + score from one set of image features
+# Which judge; CLIP scores
 # --------------------------------------------------------------------------------------------
-class ClipScorer:
-    """CLIP zero-shot shot judge (``storyboard.clustering.shots``) plus CLIP score, sharing image features."""
-
-    def __init__(self, clip, vocab: Vocabulary):
-        from storyboard.clustering.shots import ClipZeroShotJudge
-
-        self.clip = clip
-        self.vocab = vocab
-        self.zero_shot = ClipZeroShotJudge.from_clip(clip, vocab)
-        self.name = f"clip-zero-shot ({clip.name})"
-
-    def features(self, images) -> Any:
-        import torch
-
-        with torch.inference_mode():
-            batch = torch.stack([self.clip.preprocess(img.convert("RGB")) for img in images]).to(self.clip.device)
-            return torch.nn.functional.normalize(self.clip.model.encode_image(batch).float(), dim=-1).cpu().numpy()
-
-    def judge(self, images):
-        return self.zero_shot.judge_features(self.features(images))
-
-
-def clip_scores(scorer: ClipScorer, columns: Sequence[Column], vocab: Vocabulary, batch_size: int = 16,
-                log: Callable = print) -> dict[tuple[str, str], float]:
-    """(column, record id) -> 100 x max(cos(image, plain prompt), 0)."""
-    from PIL import Image
-
-    from storyboard.clustering.embed import encode_texts
-
-    items = [(col, rid, meta) for col in columns for rid, meta in col.meta.items()]
-    out: dict[tuple[str, str], float] = {}
-    if items:
-        log(f"CLIP score for {len(items)} image(s)")
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        images = []
-        for col, _, meta in chunk:
-            with Image.open(col.folder / meta["file"]) as im:
-                images.append(im.convert("RGB"))
-        feats = scorer.features(images)
-        texts = encode_texts(scorer.clip, [plain_prompt(meta["prompt"], vocab) for _, _, meta in chunk])
-        for (col, rid, _), f, t in zip(chunk, feats, texts):
-            out[(col.name, rid)] = round(max(float((f * t).sum()), 0.0) * 100.0, 2)
-    return out
-
-
 def load_judge(clip_model: str | None, clip_checkpoint: str | None, vocab: Vocabulary, device: str = "auto"):
     """CLIP zero-shot (+ CLIP score) when CLIP weights are named, else the OpenCV estimator."""
-    if clip_model:
-        from storyboard.clustering.embed import load_clip
-
-        return ClipScorer(load_clip(clip_model, clip_checkpoint or None, device=device), vocab)
-    if clip_checkpoint:
+    if clip_checkpoint and not clip_model:
         raise UserError("--clip-checkpoint needs --clip-model (the architecture, e.g. ViT-B-32)")
-    from storyboard.clustering.shots import OpenCVShotEstimator
+    from storyboard.inference.judges import load_judge as load  # noqa: PLC0415 (heavy: the shot judges load torch, OpenCV and open_clip, only once the flags and prompts are checked)
 
-    return OpenCVShotEstimator(vocab)
+    return load(clip_model, clip_checkpoint, vocab, device=device)
+
+
+def clip_scores(scorer: ClipScoring, columns: Sequence[Column], vocab: Vocabulary,
+                log: Callable = print) -> dict[tuple[str, str], float]:
+    """(column, record id) -> 100 x max(cos(image, prompt in plain words), 0): CLIP does not know the triggers."""
+    items = [((col.name, rid), col.folder / meta["file"], plain_prompt(meta["prompt"], vocab))
+             for col in columns for rid, meta in col.meta.items()]
+    return scorer.clip_scores(items, log=log)
 
 
 # --------------------------------------------------------------------------------------------
 # Grids
 # --------------------------------------------------------------------------------------------
 def _font(size: int):
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType
@@ -264,8 +232,6 @@ def _font(size: int):
 
 
 def _wrap(text: str, width_chars: int, max_lines: int) -> list[str]:
-    import textwrap
-
     lines = textwrap.wrap(text, width_chars) or [""]
     if len(lines) > max_lines:
         lines = lines[:max_lines]
@@ -275,8 +241,6 @@ def _wrap(text: str, width_chars: int, max_lines: int) -> list[str]:
 
 def render_grid(rows: Sequence[tuple[str, Sequence[Path | None]]], columns: Sequence[str], cell: int):
     """One PIL image: a header row of column names, then one row per prompt (label + a cell each)."""
-    from PIL import Image, ImageDraw
-
     font = _font(max(10, min(14, cell // 10)))
     label_w, header_h, pad = max(220, cell + 40), 24, 4
     width = label_w + len(columns) * (cell + pad) + pad
@@ -318,10 +282,9 @@ def write_grids(records: Sequence[dict], columns: Sequence[Column], out_dir: Pat
         recs = by_shot[shot]
         for page in range(math.ceil(len(recs) / max_rows)):
             chunk = recs[page * max_rows:(page + 1) * max_rows]
-            rows = [(f"{r['prompt']} · seed {r.get('seed', 0)}", [image_path(c, r["id"]) for c in columns]) for r in chunk]
+            rows = [(f"{r['prompt']} · seed {r.get('seed', 0)}", [image_path(c, r["id"]) for c in columns])
+                    for r in chunk]
             grid = render_grid(rows, [c.name for c in columns], cell)
-            import io
-
             buf = io.BytesIO()
             grid.save(buf, format="PNG", optimize=True)
             path = out_dir / f"grid-{shot}-{page + 1:02d}.png"
@@ -378,7 +341,7 @@ def write_report(out_root: Path, records: Sequence[dict], vocab: Vocabulary, jud
     fidelity = fidelity_table(judge.name, records, cols, judged, vocab)
     atomic_write_json(report_dir / "fidelity.json", fidelity.to_json())
     scores = None
-    if isinstance(judge, ClipScorer):
+    if isinstance(judge, ClipScoring):
         scores = clip_scores(judge, cols, vocab, log=log)
         atomic_write_json(report_dir / "clip_scores.json", {f"{c}/{rid}": v for (c, rid), v in scores.items()})
     grids = write_grids(records, cols, report_dir, vocab)
@@ -394,13 +357,14 @@ def write_report(out_root: Path, records: Sequence[dict], vocab: Vocabulary, jud
                              ", ".join(f"{t} ({n})" for t, n in (run.get("skipped_untrained") or {}).items()) or "-"])
     parts.append("<h2>Columns</h2>" + render_table(
         ["column", "images", "checkpoint", "settings", "skipped: trigger not trained"], summary_rows))
-    compared = {json.dumps({k: v for k, v in (c.run.get("settings") or {}).items() if k != "lora_scale"}, sort_keys=True)
-                for c in cols if c.run}
+    compared = {json.dumps({k: v for k, v in (c.run.get("settings") or {}).items() if k != "lora_scale"},
+                           sort_keys=True) for c in cols if c.run}
     if len(compared) > 1:
         note = "the columns were made with different sampling settings: the comparison is not like for like"
         log(f"warning: {note}")
         parts.append(f'<p class="missing">Warning: {escape(note)}.</p>')
-    parts.append(f"<h2>Trigger fidelity</h2><p>Share of images whose shot size, as judged by <b>{escape(fidelity.judge)}</b>, "
+    parts.append(f"<h2>Trigger fidelity</h2><p>Share of images whose shot size, as judged by "
+                 f"<b>{escape(fidelity.judge)}</b>, "
                  f"is the shot size the prompt asked for (matched / judged). The base model gets each trigger's plain "
                  f"words instead of the trigger.</p>" + render_table(fidelity.header(), fidelity.rows()))
     if scores is not None:
@@ -408,14 +372,15 @@ def write_report(out_root: Path, records: Sequence[dict], vocab: Vocabulary, jud
         parts.append("<h2>CLIP score</h2><p>100 × cosine(image, prompt in plain words), mean per shot size.</p>"
                      + render_table(header, rows))
     else:
-        parts.append("<h2>CLIP score</h2><p>Not computed: no CLIP weights given (--clip-model / --clip-checkpoint).</p>")
+        parts.append("<h2>CLIP score</h2><p>Not computed: no CLIP weights given "
+                     "(--clip-model / --clip-checkpoint).</p>")
     parts.append("<h2>Grids</h2><p>Rows: prompts (same seed across a row). Columns: "
                  + escape(", ".join(c.name for c in cols)) + ".</p>")
     for title, path in grids:
         href = relative_href(path, report_dir)
         parts.append(f'<h3>{escape(title)}</h3><a href="{href}"><img src="{href}" style="max-width:100%"></a>')
-    links = [f'<li><a href="{relative_href(c.folder / "images.jsonl", report_dir)}">{escape(c.name)}/images.jsonl</a></li>'
-             for c in cols]
+    links = [f'<li><a href="{relative_href(c.folder / "images.jsonl", report_dir)}">'
+             f'{escape(c.name)}/images.jsonl</a></li>' for c in cols]
     parts.append("<h2>Files</h2><ul>" + "".join(links)
                  + '<li><a href="fidelity.json">fidelity.json</a></li>'
                  + ('<li><a href="clip_scores.json">clip_scores.json</a></li>' if scores is not None else "") + "</ul>")
@@ -432,15 +397,14 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("report")
     group.add_argument("--clip-model", default="",
                        help="CLIP for the fidelity judge and CLIP score: an open_clip name (ViT-B-32, with "
-                            "--clip-checkpoint), local-dir:FOLDER or a config .json; empty: the OpenCV estimator judges")
+                            "--clip-checkpoint), local-dir:FOLDER or a config .json; empty: the OpenCV estimator "
+                            "judges")
     group.add_argument("--clip-checkpoint", default="", help="CLIP weights file (e.g. ViT-B-32-openai.pt)")
 
 
 def report_from_args(args: argparse.Namespace, out_root: Path, vocab: Vocabulary, log: Callable = print,
                      records: Sequence[dict] | None = None) -> Path:
     """Load the judge the flags name, write the report, print the fidelity table; returns index.html."""
-    from storyboard.inference.validate import read_validation_prompts
-
     if records is None:
         records = read_validation_prompts(args.prompts, vocab)
     device = getattr(args, "device", "auto")

@@ -1,15 +1,12 @@
-"""Validation prompts and the sharded, resumable validation run.
+"""The sharded, resumable validation run (``validation/run_validation.py``).
 
-``make_validation_records`` builds the prompt set from the shot vocabulary (shot size x angle x
-location x subjects x seeds); ``validation/make_validation_jsonl.py`` writes it as
-``validation/validation.jsonl``, a file meant to be edited by hand afterwards.
-
-``run_validation`` makes every prompt's image for the bare base model and/or each checkpoint, under
-``<output-dir>/<column>/<id>.png`` (column = ``base`` or the checkpoint folder's name). Under
-``accelerate launch`` every process takes its own contiguous shard of the images still to make
-(accelerate's ``PartialState``; the same split as ``PartialState.split_between_processes``), so N GPUs
-(or N CPU processes) share the work without hand-made ``CUDA_VISIBLE_DEVICES`` loops. An image depends
-only on its prompt, seed and settings, never on its shard, so 1 and 4 processes give the same files.
+``run_validation`` makes every prompt's image (``storyboard.inference.prompt_files``) for the bare base
+model and/or each checkpoint, under ``<output-dir>/<column>/<id>.png`` (column = ``base`` or the
+checkpoint folder's name). Under ``accelerate launch`` every process takes its own contiguous shard of
+the images still to make (accelerate's ``PartialState``; the same split as
+``PartialState.split_between_processes``), so N GPUs (or N CPU processes) share the work without
+hand-made ``CUDA_VISIBLE_DEVICES`` loops. An image depends only on its prompt, seed and settings, never
+on its shard, so 1 and 4 processes give the same files.
 
 Resuming: an image whose PNG exists and records the same settings (prompt, seed, steps, size,
 sampler, model and checkpoint hashes, ...) is skipped; one made with other settings is made again.
@@ -21,119 +18,35 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from storyboard.core.cli import UserError, format_table
-from storyboard.core.records import atomic_write_json, read_jsonl, write_jsonl
-from storyboard.core.vocabulary import Vocabulary, load_vocabulary
-from storyboard.inference.generate import (
+from storyboard.artifacts.read import (
     Checkpoint,
-    Job,
-    Settings,
     base_fingerprint,
     check_base_folder,
-    plain_prompt,
-    prepare_prompt,
+    manifest_fingerprint,
     read_checkpoint,
-    read_png_metadata,
-    resolve_device,
-    resolve_dtype,
-    run_jobs,
 )
+from storyboard.core.cli import UserError, format_table
+from storyboard.core.records import atomic_write_json, write_jsonl
+from storyboard.core.runtime import Processes, current_processes, resolve_device, resolve_dtype, wants_cpu
+from storyboard.core.vocabulary import Vocabulary, load_vocabulary
+from storyboard.inference.jobs import Job, run_jobs
+from storyboard.inference.pngmeta import read_png_metadata
+from storyboard.inference.prompt_files import read_validation_prompts
+from storyboard.inference.prompts import plain_prompt, prepare_prompt, triggers_in
+from storyboard.inference.report import report_from_args
+from storyboard.inference.settings import Settings, settings_from_args
 
 T = TypeVar("T")
 BASE_COLUMN = "base"
 SIDECAR = "images.jsonl"
 
 
-# --------------------------------------------------------------------------------------------
-# The prompt set
-# --------------------------------------------------------------------------------------------
-def _pick(kind: str, wanted: Sequence[str] | None, vocab: Vocabulary):
-    terms = vocab.of_kind(kind)
-    if not wanted:
-        return list(terms)
-    picked = []
-    for value in wanted:
-        term = vocab.lookup(value, kind=kind)
-        if term is None:
-            raise UserError(f"unknown {kind.replace('_', ' ')} {value!r}; known: {', '.join(t.key for t in terms)}")
-        picked.append(term)
-    return list(dict.fromkeys(picked))
-
-
-def make_validation_records(vocab: Vocabulary, subjects: Sequence[str], seeds: Sequence[int],
-                            shots: Sequence[str] | None = None, angles: Sequence[str] | None = None,
-                            locations: Sequence[str] | None = None, negative_prompt: str = "") -> list[dict]:
-    """One record per shot size x angle x location x subject x seed, shot sizes outermost.
-
-    The prompt has the training captions' shape: ``<fs_trg>, full shot, eye level, outdoor, <subject>``.
-    """
-    if not subjects:
-        raise UserError("give at least one subject")
-    if not seeds:
-        raise UserError("give at least one seed")
-    records = []
-    for shot in _pick("shot_size", shots, vocab):
-        for angle in _pick("angle", angles, vocab):
-            for location in _pick("location", locations, vocab):
-                for s, subject in enumerate(subjects):
-                    for seed in seeds:
-                        record = {
-                            "id": f"{shot.key}-{angle.key}-{location.key}-p{s}-s{seed}",
-                            "prompt": ", ".join([shot.token, shot.name, angle.name, location.name, subject]),
-                            "shot_size": shot.key, "angle": angle.key, "location": location.key,
-                            "subject": subject, "seed": int(seed),
-                        }
-                        if negative_prompt:
-                            record["negative_prompt"] = negative_prompt
-                        records.append(record)
-    return records
-
-
-def read_validation_prompts(path: str | Path, vocab: Vocabulary) -> list[dict]:
-    """Read ``validation.jsonl``; fills ``id`` and ``shot_size`` where a hand-written line lacks them.
-    A malformed line, a line without a prompt or a repeated id is an error (it is a config file)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"validation prompts not found: {path} (write them with validation/make_validation_jsonl.py)")
-    records: list[dict] = []
-    seen: dict[str, int] = {}
-    for item in read_jsonl(path):
-        if item.error:
-            raise UserError(f"{path} line {item.line}: {item.error.detail}")
-        record = dict(item.record)
-        if not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
-            raise UserError(f"{path} line {item.line}: needs a text field 'prompt'")
-        seed = record.setdefault("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise UserError(f"{path} line {item.line}: 'seed' must be a whole number")
-        if not record.get("id"):
-            digest = hashlib.sha1(f"{record['prompt']}|{seed}".encode()).hexdigest()[:8]
-            record["id"] = f"line{item.line:05d}-{digest}"
-        record["id"] = re.sub(r"[^\w.\-]+", "_", str(record["id"])).strip("._") or f"line{item.line:05d}"
-        if record["id"] in seen:
-            raise UserError(f"{path} line {item.line}: id {record['id']!r} repeats line {seen[record['id']]}")
-        seen[record["id"]] = item.line
-        if not record.get("shot_size"):
-            found = vocab.find(record["prompt"], kind="shot_size")
-            record["shot_size"] = found[0].term.key if found else None
-        record["line"] = item.line
-        records.append(record)
-    if not records:
-        raise UserError(f"{path} holds no prompts")
-    return records
-
-
-# --------------------------------------------------------------------------------------------
-# Sharding
-# --------------------------------------------------------------------------------------------
 def shard(items: Sequence[T], num_processes: int, process_index: int) -> list[T]:
     """Process ``process_index``'s contiguous share of ``items`` (sizes differ by at most one, the
     first processes take the extra ones), as ``PartialState.split_between_processes`` splits a list."""
@@ -144,9 +57,6 @@ def shard(items: Sequence[T], num_processes: int, process_index: int) -> list[T]
     return list(items[start:start + per + (1 if process_index < extra else 0)])
 
 
-# --------------------------------------------------------------------------------------------
-# The run
-# --------------------------------------------------------------------------------------------
 def native_size(base: Path) -> int:
     """The base model's native image size from its configs (unet sample_size x the VAE's factor)."""
     try:
@@ -157,7 +67,8 @@ def native_size(base: Path) -> int:
         raise UserError(f"{base}: cannot read unet/config.json and vae/config.json") from None
 
 
-def job_key(prompt: str, negative: str, seed: int, settings: Settings, model_hash: str, hashes: dict, dtype: str) -> str:
+def job_key(prompt: str, negative: str, seed: int, settings: Settings, model_hash: str, hashes: dict,
+            dtype: str) -> str:
     """What makes an image what it is; a finished PNG with the same key is not made again."""
     value = {"prompt": prompt, "negative": negative, "seed": seed, "steps": settings.steps, "cfg": settings.guidance,
              "size": [settings.width, settings.height], "scheduler": settings.scheduler,
@@ -166,6 +77,9 @@ def job_key(prompt: str, negative: str, seed: int, settings: Settings, model_has
     return hashlib.sha1(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
+# --------------------------------------------------------------------------------------------
+# Columns: what each one must make, and what is already made
+# --------------------------------------------------------------------------------------------
 @dataclass
 class ColumnPlan:
     """One column of the validation: base or one checkpoint, its images and what is left to make."""
@@ -206,8 +120,6 @@ def plan_column(name: str, ckpt: Checkpoint | None, records: Sequence[dict], set
             try:
                 prompt = prepare_prompt(record["prompt"], None, vocab, ckpt)
             except UserError:
-                from storyboard.inference.generate import triggers_in
-
                 for token in triggers_in(record["prompt"], vocab, ckpt.tokens):
                     if token not in ckpt.tokens:
                         plan.skipped[token] = plan.skipped.get(token, 0) + 1
@@ -226,21 +138,6 @@ def plan_column(name: str, ckpt: Checkpoint | None, records: Sequence[dict], set
             plan.pending.append(job)
             plan.stale += 1
     return plan
-
-
-def _state(device: str):
-    """accelerate's PartialState: which process this is and which device it owns.
-
-    CPU processes: ``accelerate launch --cpu`` starts ONE process (accelerate runs several CPU processes
-    only through MPI), so several CPU processes come from ``accelerate launch --multi_gpu
-    --num_processes N`` (torchrun underneath) with ``--device cpu`` or on a machine without a GPU:
-    then the processes join one gloo group (DistributedType.MULTI_CPU)."""
-    import torch
-    from accelerate import PartialState
-
-    cpu = device == "cpu" or (device in ("auto", None) and not torch.cuda.is_available()) \
-        or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return PartialState(cpu=cpu)
 
 
 @dataclass
@@ -270,12 +167,13 @@ class ValidationResult:
         return "\n".join([table, *notes]) + tail
 
 
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
 def preflight(args: argparse.Namespace) -> str:
     """Every check a run makes before its first image, in one process and without loading a model:
     the launchers call this before ``accelerate launch`` so that a mistake is one line, not one
     traceback per process. Returns a one-line description of the run."""
-    from storyboard.inference.generate import _check_tokens, manifest_fingerprint, settings_from_args
-
     settings_from_args(args)
     vocab = load_vocabulary(args.vocabulary)
     base = check_base_folder(args.base_model)
@@ -285,6 +183,8 @@ def preflight(args: argparse.Namespace) -> str:
         raise UserError("no --checkpoint given; pass one or more, or --base-only for the bare base model")
     names = column_names(checkpoints)
     if checkpoints:
+        from storyboard.artifacts.checks import check_tokens  # noqa: PLC0415 (heavy: transformers' tokenizer, loaded only once the flags, prompts and folders are checked)
+
         fingerprint = base_fingerprint(base)
         for ckpt in checkpoints:
             recorded = manifest_fingerprint(ckpt.manifest)
@@ -293,7 +193,7 @@ def preflight(args: argparse.Namespace) -> str:
                                 f"(fingerprints {recorded.removeprefix('sha256:')[:12]} and "
                                 f"{fingerprint.removeprefix('sha256:')[:12]}); pass the base it was trained on "
                                 f"(or --allow-base-mismatch)")
-            _check_tokens(ckpt, base)
+            check_tokens(ckpt, base)
     if getattr(args, "clip_checkpoint", "") and not getattr(args, "clip_model", ""):
         raise UserError("--clip-checkpoint needs --clip-model (the architecture, e.g. ViT-B-32)")
     n = min(len(records), args.limit) if args.limit else len(records)
@@ -301,10 +201,19 @@ def preflight(args: argparse.Namespace) -> str:
     return f"{n} prompts x {len(columns)} column(s): {', '.join(columns)}"
 
 
+def _device(device: str | None, processes: Processes):
+    """The device of this process: under ``accelerate launch`` with ``--device auto`` the one
+    accelerate assigned (``cuda:<local rank>``); alone with ``auto``, the CPU unless a CUDA GPU is
+    visible (as accelerate's own single-process choice)."""
+    if device in ("auto", None):
+        if processes.state is not None:
+            return processes.state.device
+        return resolve_device("cpu" if wants_cpu(device) else device)
+    return resolve_device(device)
+
+
 def run_validation(args: argparse.Namespace, log=print) -> ValidationResult:
     """Everything ``validation/run_validation.py`` does after parsing its flags (module doc)."""
-    from storyboard.inference.generate import load_trigger_pipeline, settings_from_args
-
     settings = settings_from_args(args)
     vocab = load_vocabulary(args.vocabulary)
     base = check_base_folder(args.base_model)
@@ -317,53 +226,58 @@ def run_validation(args: argparse.Namespace, log=print) -> ValidationResult:
     columns: list[tuple[str, Checkpoint | None]] = [(BASE_COLUMN, None)] if args.base_only else []
     columns += list(zip(column_names(checkpoints), checkpoints))
 
-    state = _state(args.device)
-    device = state.device if args.device in ("auto", None) else resolve_device(args.device)
+    from storyboard.inference.pipeline import load_trigger_pipeline  # noqa: PLC0415 (heavy: torch and diffusers load only once the flags, prompts and checkpoints are checked)
+
+    processes = current_processes(args.device)
+    device = _device(args.device, processes)
     dtype = resolve_dtype(args.dtype, device)
     dtype_name = str(dtype).replace("torch.", "")
-    size = native_size(base)
-    settings = Settings(**{**settings.__dict__, "width": settings.width or size, "height": settings.height or size})
+    settings = settings.sized(native_size(base))
     model_hash = base_fingerprint(base).removeprefix("sha256:")[:10]
     out_root = Path(args.output_dir).expanduser()
-    main = state.is_main_process
-    say = log if main else (lambda *_: None)
+    say = log if processes.is_main else (lambda *_: None)
 
     plans = []
     for name, ckpt in columns:
         started = time.perf_counter()
         plan = plan_column(name, ckpt, records, settings, vocab, out_root, model_hash, dtype_name, args.overwrite)
-        state.wait_for_everyone()  # every process has listed what is left before any image is written
-        mine = shard(plan.pending, state.num_processes, state.process_index)
+        processes.wait()  # every process has listed what is left before any image is written
+        mine = shard(plan.pending, processes.count, processes.index)
         say(f"{name}: {len(plan.jobs)} images, {len(plan.jobs) - len(plan.pending)} already done, "
-            f"{len(plan.pending)} to make on {state.num_processes} process(es)")
+            f"{len(plan.pending)} to make on {processes.count} process(es)")
         if mine:
             tp = load_trigger_pipeline(base, ckpt, vocab=vocab, device=str(device), dtype=args.dtype,
                                        lora_scale=settings.lora_scale, fuse=not args.no_fuse, compile=args.compile,
                                        allow_base_mismatch=args.allow_base_mismatch, warn=say)
-            run_jobs(tp, mine, settings, batch_size=args.batch_size, progress_desc=f"{name} [{state.process_index}]",
-                     extra_meta={"process": state.process_index, "num_processes": state.num_processes},
-                     show_progress=main)
+            run_jobs(tp, mine, settings, batch_size=args.batch_size, progress_desc=f"{name} [{processes.index}]",
+                     extra_meta={"process": processes.index, "num_processes": processes.count},
+                     show_progress=processes.is_main)
             del tp
         plan.made = len(plan.pending)
-        state.wait_for_everyone()
+        processes.wait()
         plan.seconds = time.perf_counter() - started
-        if main:
-            metas = [m for m in (read_png_metadata(j.output) for j in plan.jobs if j.output.exists()) if m]
-            write_jsonl(plan.folder / SIDECAR, metas)
-            atomic_write_json(plan.folder / "run.json", {
-                "column": name, "base_model": str(base), "checkpoint": str(ckpt.path) if ckpt else None,
-                "prompts": str(args.prompts), "settings": settings.__dict__, "dtype": dtype_name,
-                "images": len(plan.jobs), "made": plan.made, "already_done": len(plan.jobs) - len(plan.pending),
-                "redone": plan.stale, "skipped_untrained": plan.skipped, "num_processes": state.num_processes,
-                "seconds": round(plan.seconds, 2),
-            })
+        if processes.is_main:
+            _write_column_files(plan, args, base, settings, dtype_name, processes.count)
         plans.append(plan)
 
-    result = ValidationResult(out_root, plans, state.num_processes, is_main=main)
-    if main and not args.no_report:
-        from storyboard.inference.report import report_from_args
-
+    result = ValidationResult(out_root, plans, processes.count, is_main=processes.is_main)
+    if processes.is_main and not args.no_report:
         result.report = report_from_args(args, out_root, vocab, log=say, records=records)
     # no barrier after the report: the other processes are done and may exit (a long CLIP report on the
     # main process must not run into the process group's timeout)
     return result
+
+
+def _write_column_files(plan: ColumnPlan, args: argparse.Namespace, base: Path, settings: Settings, dtype_name: str,
+                        num_processes: int) -> None:
+    """``<column>/images.jsonl`` (every finished image's fields) and ``<column>/run.json``."""
+    metas = [m for m in (read_png_metadata(j.output) for j in plan.jobs if j.output.exists()) if m]
+    write_jsonl(plan.folder / SIDECAR, metas)
+    ckpt = plan.checkpoint
+    atomic_write_json(plan.folder / "run.json", {
+        "column": plan.name, "base_model": str(base), "checkpoint": str(ckpt.path) if ckpt else None,
+        "prompts": str(args.prompts), "settings": settings.__dict__, "dtype": dtype_name,
+        "images": len(plan.jobs), "made": plan.made, "already_done": len(plan.jobs) - len(plan.pending),
+        "redone": plan.stale, "skipped_untrained": plan.skipped, "num_processes": num_processes,
+        "seconds": round(plan.seconds, 2),
+    })

@@ -31,9 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from storyboard.core.cli import UserError, progress
 from storyboard.core.records import RecordError, StageRecords, check_fields, resolve_under
-from storyboard.core.textnorm import normalize, split_tags
+from storyboard.core.textnorm import normalize
+from storyboard.metadata.raw_fields import has_records, map_raw_text_fields
 from storyboard.metadata.titles import DEFAULT_MARGIN, DEFAULT_MIN_SCORE, TitleIndex, load_titles
 
 ID_LENGTH = 16  # hex digits of the content hash used as the record id
@@ -56,37 +59,12 @@ class CollectConfig:
                 for k, v in self.__dict__.items()}
 
 
-class TitleRejected(RecordError):
+class TitleRejectedError(RecordError):
     """An unmatched or ambiguous title, with the candidates that were weighed."""
 
     def __init__(self, reason: str, detail: str, candidates: list[dict]):
         super().__init__(reason, detail)
         self.candidates = candidates
-
-
-# --------------------------------------------------------------------------------------------
-# Raw fields -> record fields (shared with the tag stage, which accepts raw records too)
-# --------------------------------------------------------------------------------------------
-def map_raw_text_fields(record: dict) -> dict:
-    """Rename raw ``caption``/``tags`` to ``caption_ko``/``tags_ko`` (when those are absent) and
-    normalise them: caption NFC/one-spaced, tags a list (a comma-separated string is split).
-    Wrong types raise ``RecordError`` (``wrong_type``); other fields are left as they are."""
-    if "caption_ko" not in record and "caption" in record:
-        record["caption_ko"] = record.pop("caption")
-    if "tags_ko" not in record and "tags" in record:
-        record["tags_ko"] = record.pop("tags")
-    if isinstance(record.get("tags_ko"), str):
-        record["tags_ko"] = split_tags(record["tags_ko"])
-    check_fields(record, optional=("caption_ko", "tags_ko"))
-    if isinstance(record.get("caption_ko"), str):
-        record["caption_ko"] = normalize(record["caption_ko"])
-    tags = record.get("tags_ko")
-    if tags is not None:
-        bad = [t for t in tags if not isinstance(t, str)]
-        if bad:
-            raise RecordError("wrong_type", f"field 'tags_ko' should hold text only, got {type(bad[0]).__name__} {bad[0]!r}")
-        record["tags_ko"] = list(dict.fromkeys(t for t in (normalize(x) for x in tags) if t))
-    return record
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,8 +107,6 @@ class ImageChecker:
         return rel, outcome
 
     def _digest(self, path: Path, rel: str) -> str | RecordError:
-        from PIL import Image
-
         if path.is_dir():
             return RecordError("unreadable_image", f"image {rel!r} is a folder")
         try:
@@ -213,7 +189,8 @@ def input_files(paths: Sequence[Path], exclude: Sequence[Path] = ()) -> list[tup
         given = Path(given)
         if given.is_dir():
             found = [p for p in sorted(given.rglob("*.jsonl"))
-                     if not p.name.startswith(".") and not p.name.endswith(".rejects.jsonl") and p.resolve() not in skip]
+                     if not p.name.startswith(".") and not p.name.endswith(".rejects.jsonl")
+                     and p.resolve() not in skip]
             if not found:
                 raise UserError(f"no .jsonl files in input folder {given}")
             files += [(p, p.relative_to(given).as_posix()) for p in found]
@@ -222,15 +199,6 @@ def input_files(paths: Sequence[Path], exclude: Sequence[Path] = ()) -> list[tup
         else:
             raise UserError(f"input not found: {given}")
     return files
-
-
-def has_records(path: Path) -> bool:
-    """Whether a file holds anything but whitespace and a BOM (without reading it all)."""
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 16):
-            if chunk.replace(b"\xef\xbb\xbf", b"").replace(b"\xff\xfe", b"").replace(b"\xfe\xff", b"").strip(b" \t\r\n\x00"):
-                return True
-    return False
 
 
 @dataclass
@@ -257,11 +225,12 @@ def _prepare(raw: dict, images: ImageChecker, titles: TitleIndex | None, pass1: 
         match = titles.match(record["title"])
         if match.how == "unmatched":
             near = "; ".join(f"{c['title']} {c['score']}" for c in match.candidates) or "none"
-            raise TitleRejected("unmatched_title", f"title {record['title']!r} matches no canonical title "
+            raise TitleRejectedError("unmatched_title", f"title {record['title']!r} matches no canonical title "
                                 f"(needs score {titles.min_score:g}; nearest: {near})", match.candidates)
         if match.how == "ambiguous":
             names = "; ".join(f"{c['title']} ({c['year']}) {c['score']}" for c in match.candidates)
-            raise TitleRejected("ambiguous_title", f"title {record['title']!r} matches several: {names}", match.candidates)
+            raise TitleRejectedError("ambiguous_title", f"title {record['title']!r} matches several: {names}",
+                                     match.candidates)
         entry, how = match.entry, match.how
         record.update(title_canonical=entry.title, title_score=round(match.score, 1), title_match=how)
         if entry.original_title:
@@ -283,7 +252,7 @@ def _first_pass(stage: StageRecords, files: list[tuple[Path, str]], images: Imag
         for item in progress(stage.read_from(path), desc=f"collect {name}", unit="rec"):
             try:
                 record, digest = _prepare(item.record, images, titles, pass1)
-            except TitleRejected as err:
+            except TitleRejectedError as err:
                 stage.reject_item(item, err, candidates=err.candidates)
                 continue
             except RecordError as err:

@@ -30,7 +30,8 @@ from storyboard.core.cli import UserError, progress
 from storyboard.core.records import RecordError, StageRecords, check_fields
 from storyboard.core.textnorm import normalize
 from storyboard.core.vocabulary import KINDS, Term, Vocabulary
-from storyboard.metadata.collect import has_records, map_raw_text_fields
+from storyboard.metadata.memo import Memo, terms_in
+from storyboard.metadata.raw_fields import has_records, map_raw_text_fields
 
 LABEL_FIELDS = tuple(KINDS.values())  # shot_size, angle, location
 SOURCES = ("tags", "caption", "field")  # where a label may come from, most trusted first
@@ -47,33 +48,6 @@ _PUNCT_RUN = re.compile(r"[!?！？]{2,}|([~,，·])\1+|\.{2,}|…+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([!?.,~…])")
 _TAG_EDGES = re.compile(r"^[\s#\[\]【】〔〕()<>\"'`*·•\-_,.;:!?~]+|[\s\[\]【】〔〕()<>\"'`*·•\-_,.;:!?~]+$")
 _TAG_SPLIT = re.compile(r"[,，、;；|/／\n]+|\s+(?=#)")
-
-
-# --------------------------------------------------------------------------------------------
-# Memo: tags and captions repeat a lot; a memo hit (~1 µs) still beats a vocabulary scan (~5 µs)
-# --------------------------------------------------------------------------------------------
-class Memo:
-    """A bounded ``text -> result`` memo per vocabulary (cleared when full, so memory stays flat)."""
-
-    def __init__(self, function, limit: int = 100_000):
-        self.function, self.limit = function, limit
-        self._seen: dict[tuple[int, str], Any] = {}
-        self._vocabularies: dict[int, Vocabulary] = {}  # held, so an id is never reused by another table
-
-    def __call__(self, vocabulary: Vocabulary, text: str):
-        key = (id(vocabulary), text)
-        found = self._seen.get(key)
-        if found is None:
-            if len(self._seen) >= self.limit:
-                self._seen.clear()
-                self._vocabularies.clear()
-            self._vocabularies[id(vocabulary)] = vocabulary
-            found = self._seen[key] = self.function(vocabulary, text)
-        return found
-
-
-terms_in = Memo(lambda vocabulary, text: tuple((m.term, m.text) for m in vocabulary.find(text)))
-term_named = Memo(lambda vocabulary, text: (vocabulary.lookup(text),))  # 1-tuple: None is a result too
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +165,8 @@ def preprocess_record(raw: dict, vocabulary: Vocabulary) -> tuple[dict, Labels]:
     tags = clean_tags(tags_raw, hashtags, vocabulary)
     labels = find_labels(record, tags, caption, vocabulary)
     if "shot_size" in labels.conflicts:
-        raise RecordError("conflicting_labels", "two shot sizes in one record: " + ", ".join(labels.evidence["shot_size"]))
+        raise RecordError("conflicting_labels",
+                          "two shot sizes in one record: " + ", ".join(labels.evidence["shot_size"]))
     record.setdefault("caption_ko_raw", raw.get("caption_ko", raw.get("caption")))
     record.setdefault("tags_ko_raw", raw.get("tags_ko", raw.get("tags")))
     record["caption_ko"], record["tags_ko"] = caption, tags

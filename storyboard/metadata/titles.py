@@ -254,7 +254,8 @@ def load_titles(path: str | Path) -> list[TitleEntry]:
         entry = _entry_from_row(row, path.name, line)
         ident = (entry.title.casefold(), entry.year)
         if ident in seen:
-            raise UserError(f"{path.name} line {line}: {entry.title!r} ({entry.year}) is already listed on line {seen[ident]}")
+            raise UserError(f"{path.name} line {line}: {entry.title!r} ({entry.year}) is already listed "
+                            f"on line {seen[ident]}")
         seen[ident] = line
         entries.append(entry)
     if not entries:

@@ -8,7 +8,8 @@ translated, every word (eojeol) holding a vocabulary term is taken out of it (``
 
 The free text goes through ``--backend``:
 * ``table``: vocabulary only. The caption is dropped (``caption_en`` null), ``text`` is the label words.
-* ``marian``: a local MarianMT folder (opus-mt-ko-en layout, ``--model``), batched, on GPU when present.
+* ``marian``: a local MarianMT folder (opus-mt-ko-en layout, ``--model``), batched, on GPU when present
+  (``storyboard.metadata.marian``, loaded only for this backend).
 * ``none``: the Korean is kept as the "translation" (for multilingual text encoders, or for checking).
 
 Non-vocabulary tags are translated the same way into ``tags_en`` (vocabulary tags become their English
@@ -18,11 +19,8 @@ text, rewritten atomically) carries translations over to the next run.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,8 +29,8 @@ from storyboard.core.cli import UserError, progress
 from storyboard.core.records import RecordError, StageRecords, atomic_write, check_fields, read_jsonl
 from storyboard.core.textnorm import normalize
 from storyboard.core.vocabulary import Vocabulary, normalize_text
-from storyboard.metadata.collect import has_records, map_raw_text_fields
-from storyboard.metadata.tags import Memo, term_named
+from storyboard.metadata.memo import Memo, term_named
+from storyboard.metadata.raw_fields import has_records, map_raw_text_fields
 
 BACKENDS = ("table", "marian", "none")
 CACHE_NAME = "translation_cache.jsonl"  # default cache file, beside the output
@@ -58,87 +56,6 @@ class KeepKorean:
 
 
 # --------------------------------------------------------------------------------------------
-# MarianMT
-# --------------------------------------------------------------------------------------------
-def folder_fingerprint(folder: Path, extra: str = "") -> str:
-    """SHA-256 over every file's name and bytes in a model folder (+ generation settings)."""
-    digest = hashlib.sha256(extra.encode())
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is available here (use --device cpu or auto)")
-    return device
-
-
-class MarianTranslator:
-    """A local opus-mt style folder through ``MarianTokenizer`` / ``MarianMTModel``, greedy or beam."""
-
-    backend = "marian"
-
-    def __init__(self, model_dir: Path, batch_size: int = 32, device: str = "auto",
-                 max_new_tokens: int | None = None, num_beams: int | None = None, fp16: bool = False):
-        model_dir = Path(model_dir)
-        if not (model_dir / "config.json").is_file() or not (model_dir / "source.spm").is_file():
-            raise UserError(f"--model {model_dir}: not a MarianMT folder (needs config.json, source.spm, "
-                            "target.spm, vocab.json and the weights, as in Helsinki-NLP/opus-mt-ko-en)")
-        if batch_size < 1:
-            raise UserError("--batch-size must be at least 1")
-        import torch
-        from transformers import MarianMTModel, MarianTokenizer
-        from transformers.utils import logging as hf_logging
-
-        self.torch = torch
-        self.device = pick_device(device)
-        hf_logging.set_verbosity_error()
-        if os.environ.get("STORYBOARD_NO_PROGRESS"):
-            hf_logging.disable_progress_bar()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "Recommended: pip install sacremoses."
-                self.tokenizer = MarianTokenizer.from_pretrained(model_dir)
-                self.model = MarianMTModel.from_pretrained(model_dir)
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"--model {model_dir}: cannot load it as MarianMT ({exc})") from None
-        if fp16 and self.device.startswith("cuda"):
-            self.model = self.model.half()
-        self.model.to(self.device).eval()
-        self.batch_size = batch_size
-        self.generate_kwargs = {"do_sample": False}
-        if max_new_tokens:
-            self.generate_kwargs["max_new_tokens"] = max_new_tokens
-        if num_beams:
-            self.generate_kwargs["num_beams"] = num_beams
-        settings = json.dumps({**self.generate_kwargs, "fp16": bool(fp16 and self.device.startswith("cuda"))}, sort_keys=True)
-        self.fingerprint = folder_fingerprint(model_dir, settings)
-        self.batches = 0
-
-    def translate(self, texts: Sequence[str]) -> list[str]:
-        """Translate in batches of similar length (less padding); results in the order given."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out: list[str] = [""] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            batch = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True)
-            with self.torch.inference_mode():
-                generated = self.model.generate(**batch.to(self.device), **self.generate_kwargs)
-            for i, text in zip(idx, self.tokenizer.batch_decode(generated, skip_special_tokens=True)):
-                out[i] = normalize(text)
-            self.batches += 1
-        return out
-
-
-# --------------------------------------------------------------------------------------------
 # The cache
 # --------------------------------------------------------------------------------------------
 class TranslationCache:
@@ -151,7 +68,8 @@ class TranslationCache:
         if path is not None and path.is_file():
             for item in read_jsonl(path):
                 entry = item.record
-                if item.error or not all(isinstance(entry.get(k), str) for k in ("backend", "model", "source", "target")):
+                fields = ("backend", "model", "source", "target")
+                if item.error or not all(isinstance(entry.get(k), str) for k in fields):
                     self.ignored_lines += 1  # a damaged cache line only costs a re-translation
                     continue
                 self.entries[(entry["backend"], entry["model"], entry["source"])] = entry["target"]
@@ -276,7 +194,8 @@ def translate_records(input_path: Path, output: Path, rejects: Path | None, voca
     backend = translator.backend if translator else "table"
     counts = {"texts to translate": 0, "translated now": 0, "cache hits": 0}
     # Without a cache file, an in-memory one still translates each distinct string once per run.
-    store = cache if cache is not None or translator is None else TranslationCache(None, backend, translator.fingerprint)
+    store = cache if cache is not None or translator is None \
+        else TranslationCache(None, backend, translator.fingerprint)
 
     def lookup(text: str) -> str:
         return store.get(text)
@@ -319,6 +238,18 @@ def translate_records(input_path: Path, output: Path, rejects: Path | None, voca
     return stage
 
 
+def check_marian(model: Path | None, batch_size: int) -> None:
+    """What ``--backend marian`` needs, checked before torch and transformers are loaded."""
+    if model is None:
+        raise UserError("--backend marian needs --model PATH (a local opus-mt-ko-en style folder)")
+    model = Path(model)
+    if not (model / "config.json").is_file() or not (model / "source.spm").is_file():
+        raise UserError(f"--model {model}: not a MarianMT folder (needs config.json, source.spm, "
+                        "target.spm, vocab.json and the weights, as in Helsinki-NLP/opus-mt-ko-en)")
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+
+
 def make_translator(backend: str, model: Path | None, batch_size: int, device: str,
                     max_new_tokens: int | None, num_beams: int | None, fp16: bool) -> Translator | None:
     if backend not in BACKENDS:
@@ -327,7 +258,7 @@ def make_translator(backend: str, model: Path | None, batch_size: int, device: s
         return None
     if backend == "none":
         return KeepKorean()
-    if model is None:
-        raise UserError("--backend marian needs --model PATH (a local opus-mt-ko-en style folder)")
-    return MarianTranslator(model, batch_size, device, max_new_tokens, num_beams, fp16)
+    check_marian(model, batch_size)
+    from storyboard.metadata.marian import MarianTranslator  # noqa: PLC0415 (heavy: loads torch/transformers only after the flags are checked)
 
+    return MarianTranslator(model, batch_size, device, max_new_tokens, num_beams, fp16)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 from storyboard.core.cli import UserError, add_vocabulary_arguments
@@ -51,8 +52,10 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
                    help="comma-separated initializer words, one per token in the same order (or one for all); each "
                         "new row starts as the mean of these words' rows; empty (default): the vocabulary's words "
                         "for each token (<fs_trg> -> 'full shot')")
-    g.add_argument("--token_learning_rate", type=float, default=5e-4, help="learning rate of the token rows (default %(default)s)")
-    g.add_argument("--token_weight_decay", type=float, default=0.0, help="AdamW weight decay of the token rows (default %(default)s)")
+    g.add_argument("--token_learning_rate", type=float, default=5e-4,
+                   help="learning rate of the token rows (default %(default)s)")
+    g.add_argument("--token_weight_decay", type=float, default=0.0,
+                   help="AdamW weight decay of the token rows (default %(default)s)")
     g.add_argument("--token_training_steps", type=int, default=None, metavar="N",
                    help="stop training the token rows after N optimizer steps and keep training the LoRA "
                         "(pivotal tuning); default: train them for the whole run")
@@ -66,7 +69,8 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the LoRA input (default %(default)s)")
     g.add_argument("--lora_include_ff", action=BOOL, default=False,
                    help="also put LoRA on the UNet's feed-forward layers (default: attention q/k/v/out only)")
-    g.add_argument("--learning_rate", type=float, default=1e-4, help="learning rate of the UNet LoRA (default %(default)s)")
+    g.add_argument("--learning_rate", type=float, default=1e-4,
+                   help="learning rate of the UNet LoRA (default %(default)s)")
     g.add_argument("--text_encoder_mode", choices=TEXT_ENCODER_MODES, default="lora",
                    help="frozen: only the token rows learn; lora (default, as the seed): LoRA on the text "
                         "encoder's attention too; full: the whole text encoder is fine-tuned and saved")
@@ -76,7 +80,8 @@ def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
-    g.add_argument("--resolution", type=int, default=512, help="training size in pixels, a multiple of 8 (default %(default)s)")
+    g.add_argument("--resolution", type=int, default=512,
+                   help="training size in pixels, a multiple of 8 (default %(default)s)")
     g.add_argument("--center_crop", action=BOOL, default=True,
                    help="crop the centre after resizing (default); --no-center_crop crops at random. A random crop "
                         "moves the framing, which is what a shot size is, so centre is the default here")
@@ -84,7 +89,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shuffle_caption", action=BOOL, default=False,
                    help="shuffle the comma-separated tags of each caption; the trigger token (and the first "
                         "--keep_tokens tags) stay first")
-    g.add_argument("--keep_tokens", type=int, default=1, help="leading tags never shuffled or dropped (default %(default)s)")
+    g.add_argument("--keep_tokens", type=int, default=1,
+                   help="leading tags never shuffled or dropped (default %(default)s)")
     g.add_argument("--caption_dropout_rate", type=float, default=0.0,
                    help="share of samples trained with an empty caption (default %(default)s)")
     g.add_argument("--caption_tag_dropout_rate", type=float, default=0.0,
@@ -100,8 +106,10 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--train_batch_size", type=int, default=4, help="images per process per step (default %(default)s)")
     g.add_argument("--max_train_steps", type=int, default=None,
                    help="optimizer steps to train; overrides --num_train_epochs")
-    g.add_argument("--num_train_epochs", type=int, default=10, help="epochs, when --max_train_steps is not given (default %(default)s)")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step (default %(default)s)")
+    g.add_argument("--num_train_epochs", type=int, default=10,
+                   help="epochs, when --max_train_steps is not given (default %(default)s)")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                   help="micro-batches per optimizer step (default %(default)s)")
     g.add_argument("--gradient_checkpointing", action=BOOL, default=False, help="recompute activations to save memory")
     g.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default="constant", help="(default %(default)s)")
     g.add_argument("--lr_warmup_steps", type=int, default=0, help="(default %(default)s)")
@@ -109,9 +117,11 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr_power", type=float, default=1.0, help="power of the polynomial schedule (default %(default)s)")
     g.add_argument("--adam_beta1", type=float, default=0.9)
     g.add_argument("--adam_beta2", type=float, default=0.999)
-    g.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay of LoRA / text encoder (default %(default)s)")
+    g.add_argument("--adam_weight_decay", type=float, default=1e-2,
+                   help="AdamW weight decay of LoRA / text encoder (default %(default)s)")
     g.add_argument("--adam_epsilon", type=float, default=1e-8)
-    g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping; 0 turns it off (default %(default)s)")
+    g.add_argument("--max_grad_norm", type=float, default=1.0,
+                   help="gradient clipping; 0 turns it off (default %(default)s)")
     g.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW (must be installed)")
     g.add_argument("--snr_gamma", type=float, default=None, help="min-SNR-gamma loss weighting, e.g. 5.0 (default off)")
     g.add_argument("--noise_offset", type=float, default=0.0, help="noise offset, e.g. 0.05 (default %(default)s)")
@@ -123,7 +133,8 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
                    help="xformers attention (must be installed); default: PyTorch SDPA")
     g.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs")
-    g.add_argument("--seed", type=int, default=0, help="seed of everything random; a run is reproducible (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of everything random; a run is reproducible (default %(default)s)")
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,20 +143,23 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
                    help="save output_dir/checkpoint-N every N steps (default %(default)s)")
     g.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
     g.add_argument("--resume_from_checkpoint", default=None, metavar="PATH|latest",
-                   help="continue from a checkpoint folder, or 'latest' in --output_dir (starts fresh when there is none)")
+                   help="continue from a checkpoint folder, or 'latest' in --output_dir (starts fresh when there is "
+                        "none)")
 
 
 def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("validation and logging")
     g.add_argument("--validation_prompt", nargs="+", default=None, metavar="PROMPT",
                    help="prompts for preview images; default: '<token>, a person' for each token")
-    g.add_argument("--num_validation_images", type=int, default=2, help="images per prompt; 0 turns previews off (default %(default)s)")
+    g.add_argument("--num_validation_images", type=int, default=2,
+                   help="images per prompt; 0 turns previews off (default %(default)s)")
     g.add_argument("--validation_steps", type=int, default=None,
                    help="make previews every N steps (default: only at the end)")
     g.add_argument("--validation_inference_steps", type=int, default=25, help="(default %(default)s)")
     g.add_argument("--validation_guidance_scale", type=float, default=7.5, help="(default %(default)s)")
     g.add_argument("--eval_loss_images", type=int, default=4,
-                   help="images for the fixed-noise loss measured before and after training (default %(default)s; 0: off)")
+                   help="images for the fixed-noise loss measured before and after training "
+                        "(default %(default)s; 0: off)")
     g.add_argument("--report_to", choices=REPORTERS, default="none",
                    help="tensorboard / wandb (wandb reads WANDB_API_KEY from the environment) (default %(default)s)")
     g.add_argument("--tracker_project_name", default="storyboard-trigger")
@@ -154,7 +168,8 @@ def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--debug_nan_at_step", type=int, default=None, help=argparse.SUPPRESS)
 
 
-def build_parser(prog: str | None = None, description: str | None = None, **path_defaults: str) -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None, description: str | None = None,
+                 **path_defaults: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_path_arguments(parser, **path_defaults)
     add_token_arguments(parser)
@@ -181,7 +196,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     _require(args.rank > 0, f"--rank must be at least 1 (got {args.rank})")
     if args.lora_alpha is None:
         args.lora_alpha = float(args.rank)
-    _require(args.lora_alpha > 0 and math.isfinite(args.lora_alpha), f"--lora_alpha must be positive (got {args.lora_alpha})")
+    _require(args.lora_alpha > 0 and math.isfinite(args.lora_alpha),
+             f"--lora_alpha must be positive (got {args.lora_alpha})")
     _require(0.0 <= args.lora_dropout < 1.0, f"--lora_dropout must be in [0, 1) (got {args.lora_dropout})")
     _require(args.train_batch_size >= 1, f"--train_batch_size must be at least 1 (got {args.train_batch_size})")
     _require(args.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be at least 1")
@@ -195,10 +211,12 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         value = getattr(args, name)
         _require(0.0 <= value <= 1.0, f"--{name} must be between 0 and 1 (got {value})")
     _require(args.keep_tokens >= 0, "--keep_tokens must be 0 or more")
-    _require(args.checkpointing_steps >= 1, f"--checkpointing_steps must be at least 1 (got {args.checkpointing_steps})")
+    _require(args.checkpointing_steps >= 1,
+             f"--checkpointing_steps must be at least 1 (got {args.checkpointing_steps})")
     _require(args.checkpoints_total_limit is None or args.checkpoints_total_limit >= 1,
              "--checkpoints_total_limit must be at least 1")
-    _require(args.token_training_steps is None or args.token_training_steps >= 0, "--token_training_steps must be 0 or more")
+    _require(args.token_training_steps is None or args.token_training_steps >= 0,
+             "--token_training_steps must be 0 or more")
     _require(args.snr_gamma is None or args.snr_gamma > 0, "--snr_gamma must be positive")
     _require(args.noise_offset >= 0, "--noise_offset must be 0 or more")
     _require(args.num_validation_images >= 0, "--num_validation_images must be 0 or more")
@@ -221,9 +239,15 @@ def training_on_gpu() -> bool:
     its Accelerator with ``cpu=True`` whenever CUDA is missing, so MPS runs train on the CPU too.)"""
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes", "y", "t", "on"):  # str_to_bool
         return False
-    import torch
+    return _torch_cuda().is_available()
 
-    return torch.cuda.is_available()
+
+def _torch_cuda():
+    """``torch.cuda``, imported only when the precision depends on the GPU: ``--help`` never pays for
+    torch, and neither does the input check of a run with ``--mixed_precision no`` or ``bf16``."""
+    import torch  # noqa: PLC0415 (heavy: only the precision check asks torch, after the flags are parsed)
+
+    return torch.cuda
 
 
 def resolve_precision(flag: str) -> str:
@@ -235,10 +259,8 @@ def resolve_precision(flag: str) -> str:
     if env in ("fp16", "bf16"):
         return env
     if training_on_gpu():
-        import torch
-
         # Native bf16 only (Ampere+): the default also says yes on older GPUs that emulate it, slowly.
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+        return "bf16" if _torch_cuda().is_bf16_supported(including_emulation=False) else "fp16"
     return "no"
 
 
@@ -256,8 +278,6 @@ def check_precision(flag: str) -> str:
 
 
 def _check_optional_packages(args: argparse.Namespace) -> None:
-    from importlib.util import find_spec
-
     if args.use_8bit_adam and find_spec("bitsandbytes") is None:
         raise UserError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or drop the flag)")
     if args.enable_xformers_memory_efficient_attention and find_spec("xformers") is None:

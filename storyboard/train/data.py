@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from storyboard.core.cli import UserError
 from storyboard.train.inputs import TrainItem
@@ -79,8 +80,6 @@ class ImagePolicy:
 
     def load(self, path, rng: random.Random | None, flip: bool | None = None) -> torch.Tensor:
         """``(3, R, R)`` float32 in [-1, 1]: shorter side resized to R, cropped, maybe flipped."""
-        from PIL import Image, ImageOps
-
         try:
             with Image.open(path) as opened:
                 image = ImageOps.exif_transpose(opened).convert("RGB")
@@ -196,8 +195,6 @@ def epochs_seen(micro_batches: int, batch_size: int, num_processes: int, num_ite
 
 
 def make_loader(dataset: TriggerDataset, sampler: StepBatchSampler, num_workers: int, pin_memory: bool):
-    from torch.utils.data import DataLoader
-
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=False)
 

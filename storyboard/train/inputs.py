@@ -10,8 +10,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from storyboard.core.cli import UserError
 from storyboard.core.records import RecordError, read_json_object, read_jsonl, resolve_under
+from storyboard.core.vocabulary import Vocabulary, load_vocabulary
+from storyboard.train.args import check_args, output_dir
+from storyboard.train.checkpoint_folders import find_checkpoint
+from storyboard.train.token_specs import TriggerSpec, resolve_trigger_specs
 
 # The pipelines whose folders hold one UNet, one VAE and one CLIP text encoder: SD 1.x / 2.x.
 SD_PIPELINES = {
@@ -93,8 +99,6 @@ class DataScan:
 
 def _image_problem(path: Path) -> str | None:
     """Why an image cannot be used, reading only its header; None when it looks fine."""
-    from PIL import Image, UnidentifiedImageError
-
     if not path.is_file():
         return "not found"
     try:
@@ -169,8 +173,8 @@ class CheckedInputs:
 
     base: BaseModelInfo
     scan: DataScan
-    vocabulary: object
-    specs: list
+    vocabulary: Vocabulary
+    specs: list[TriggerSpec]
     output_dir: Path
     resume_from: Path | None
 
@@ -178,11 +182,6 @@ class CheckedInputs:
 def check_inputs(args) -> CheckedInputs:
     """Every check that needs no model: flags, base folder, data set, token list, checkpoint to resume.
     A bad input stops here with one line, in about a second."""
-    from storyboard.core.vocabulary import load_vocabulary
-    from storyboard.train.args import check_args, output_dir
-    from storyboard.train.checkpoints import find_checkpoint
-    from storyboard.train.tokens import resolve_trigger_specs
-
     check_args(args)
     base = check_base_model(args.pretrained_model_name_or_path)
     scan = scan_dataset(args.train_data_dir, args.image_column, args.caption_column, args.skip_bad_records)
@@ -196,7 +195,7 @@ def check_inputs(args) -> CheckedInputs:
     return CheckedInputs(base, scan, vocabulary, specs, out, find_checkpoint(out, args.resume_from_checkpoint))
 
 
-def check_tokens_against_files(base: Path, specs) -> None:
+def check_tokens_against_files(base: Path, specs: list[TriggerSpec]) -> None:
     """The token checks ``storyboard.train.tokens.check_new_tokens`` makes with the real tokenizer, done
     from the tokenizer's files (no transformers import): a token the vocabulary already holds, an
     initializer that is only white space (CLIP's tokenizer drops white space and nothing else)."""

@@ -1,46 +1,19 @@
 """Validation previews, made from the files just saved and loaded the way a user loads them.
 
-``load_trained_pipeline`` is the whole recipe a user follows (and what the docs show): the base
-folder with ``StableDiffusionPipeline.from_pretrained``, then ``load_lora_weights`` on the output
-folder, then ``load_textual_inversion`` per embedding file (or, for a fully tuned text encoder, the
-saved ``text_encoder/`` and ``tokenizer/``). A preview therefore shows what users will get, not
-what the training process holds in memory.
+The pipeline comes from ``storyboard.artifacts.load.load_trained_pipeline`` (the base folder, then
+``load_lora_weights``, then ``load_textual_inversion`` per token: the recipe docs/training.md shows),
+so a preview shows what users will get, not what the training process holds in memory.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from storyboard.artifacts import export
-
-
-def load_trained_pipeline(base: str | Path, weights_dir: str | Path, *, lora_file: str = export.DIFFUSERS_LORA,
-                          dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """A fresh pipeline: the base model + the LoRA file + the trigger embeddings in ``weights_dir``.
-    ``dtype`` None means fp32 (whatever dtype the base folder was saved in)."""
-    from diffusers import StableDiffusionPipeline
-
-    dtype = dtype or torch.float32
-
-    weights_dir = Path(weights_dir)
-    manifest = export.read_manifest(weights_dir)
-    kwargs = {}
-    if manifest.get("text_encoder_mode") == "full":
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        kwargs = {"text_encoder": CLIPTextModel.from_pretrained(weights_dir / "text_encoder", dtype=dtype),
-                  "tokenizer": CLIPTokenizer.from_pretrained(weights_dir / "tokenizer")}
-    pipe = StableDiffusionPipeline.from_pretrained(base, dtype=dtype, safety_checker=None,
-                                                   requires_safety_checker=False, **kwargs)
-    pipe.load_lora_weights(weights_dir, weight_name=lora_file)
-    if manifest.get("text_encoder_mode") != "full":
-        with export.quiet_transformers():
-            for token in manifest["tokens"]:
-                pipe.load_textual_inversion(str(weights_dir / token["embedding_file"]), token=token["token"])
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+from storyboard.artifacts.load import load_trained_pipeline
+from storyboard.train.context import RunContext
 
 
 def default_prompts(tokens: Sequence[str]) -> list[str]:
@@ -69,13 +42,28 @@ def make_previews(pipe, prompts: Sequence[str], num_images: int, seed: int, step
 
 def log_previews(accelerator, step: int, made: Sequence[tuple[str, Path, object]]) -> None:
     """Send previews to tensorboard / wandb when those trackers are on."""
-    import numpy as np
-
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             arrays = np.stack([np.asarray(img) for _, _, img in made])
             tracker.writer.add_images("validation", arrays, step, dataformats="NHWC")
         elif tracker.name == "wandb":
-            import wandb
+            import wandb  # noqa: PLC0415 (optional: installed only for --report_to wandb, checked with the flags)
 
             tracker.log({"validation": [wandb.Image(img, caption=prompt) for prompt, _, img in made]}, step=step)
+
+
+def previews(ctx: RunContext, weights_dir: Path, out: Path, step: int) -> list[Path]:
+    """The run's previews from the files in ``weights_dir``, into ``out``; sent to the trackers too."""
+    args, acc = ctx.args, ctx.accelerator
+    if args.num_validation_images <= 0:
+        return []
+    dtype = ctx.weight_dtype if acc.device.type == "cuda" else None
+    pipe = load_trained_pipeline(ctx.base.path, weights_dir, dtype=dtype, device=acc.device)
+    prompts = args.validation_prompt or default_prompts([t["token"] for t in ctx.tokens_info])
+    made = make_previews(pipe, prompts, args.num_validation_images, args.seed, args.validation_inference_steps,
+                         args.validation_guidance_scale, args.resolution, out)
+    log_previews(acc, step, made)
+    del pipe
+    if acc.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return [path for _, path, _ in made]

@@ -12,34 +12,18 @@ plus a small trainable ``(n_new, dim)`` parameter; ids below the base vocabulary
 frozen table, the new ids read the trainable rows. The optimizer never sees the base rows, weight
 decay cannot touch them, and the optimizer state is ``n_new x dim`` instead of ``49,408 x dim``.
 ``merge_trigger_embedding`` puts a plain ``nn.Embedding`` back (for saving a full text encoder).
+Which tokens, and from which words, is decided before any model loads: ``storyboard.train.token_specs``.
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
 
 from storyboard.core.cli import UserError
-
-if TYPE_CHECKING:  # torch is imported on first use, so token lists can be checked without it
-    import torch
-
-TOKEN_PATTERN = re.compile(r"<[^<>\s,]+>")
-
-
-@dataclass(frozen=True)
-class TriggerSpec:
-    """One token to add and the words its row starts from."""
-
-    token: str
-    initializer: str
-    shot_size: str | None = None  # vocabulary key when the token comes from the vocabulary
-
-    @property
-    def stem(self) -> str:
-        """``<fs_trg>`` -> ``fs_trg``: the embedding file's name (and the WebUI prompt word)."""
-        return self.token.strip("<>")
+from storyboard.train.token_specs import TriggerSpec
 
 
 @dataclass
@@ -61,87 +45,6 @@ class AddedTokens:
 
 
 # --------------------------------------------------------------------------------------------
-# Which tokens: flags, the vocabulary and the captions
-# --------------------------------------------------------------------------------------------
-def split_list(value: str | Sequence[str] | None) -> list[str]:
-    """``"<a>,<b>"`` or ``["<a>", "<b>"]`` (or both mixed) -> ``["<a>", "<b>"]``; blanks dropped."""
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else list(value)
-    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
-
-
-def split_initializers(value: str | Sequence[str] | None) -> list[str]:
-    """Like ``split_list`` but a blank item inside a non-blank list is kept (and later refused as
-    tokenizing to nothing), so ``"full shot,,close-up"`` cannot silently shift the words by one."""
-    if value is None:
-        return []
-    text = value if isinstance(value, str) else ",".join(value)
-    if not text.strip():
-        return []
-    return [part.strip() for part in text.split(",")]
-
-
-def tokens_in_text(text: str) -> list[str]:
-    """Every ``<...>`` token in a caption, in order."""
-    return TOKEN_PATTERN.findall(text)
-
-
-def resolve_trigger_specs(new_tokens: str | Sequence[str] | None, initializers: str | Sequence[str] | None,
-                          vocabulary, captions: Iterable[str] = ()) -> list[TriggerSpec]:
-    """The tokens to train and their initializers.
-
-    ``new_tokens`` empty: every vocabulary trigger token that occurs in ``captions`` (vocabulary
-    order). ``initializers`` empty: each token's initializer words from the vocabulary (a token the
-    vocabulary does not know then needs one); one value: used for every token; otherwise one per
-    token, in the same order.
-    """
-    captions = list(captions)
-    seen_in_data: set[str] = set()
-    for caption in captions:
-        seen_in_data.update(tokens_in_text(caption))
-    known = vocabulary.trigger_tokens  # token -> Term
-
-    tokens = split_list(new_tokens)
-    if not tokens:
-        tokens = [t for t in known if t in seen_in_data]
-        if not tokens:
-            listed = ", ".join(known) or "none"
-            raise UserError(
-                "no trigger token to train: --new_tokens is empty and no caption holds a vocabulary trigger "
-                f"({listed}); run Dataset_clustering_method/run_clip_clustering.py first (it writes the captions with "
-                "their trigger first), or name the tokens with --new_tokens")
-    for token in tokens:
-        if not TOKEN_PATTERN.fullmatch(token):
-            raise UserError(f"--new_tokens: {token!r} is not a token like <fs_trg> (angle brackets, no spaces or commas)")
-    duplicates = sorted({t for t in tokens if tokens.count(t) > 1})
-    if duplicates:
-        raise UserError(f"--new_tokens names {', '.join(duplicates)} more than once")
-    if captions:
-        unseen = [t for t in tokens if t not in seen_in_data]
-        if unseen:
-            raise UserError(f"token {', '.join(unseen)} appears in no caption of the data set, so it would never "
-                            "be trained; drop it from --new_tokens or check the captions")
-
-    inits = split_initializers(initializers)
-    if len(inits) not in (0, 1, len(tokens)):
-        raise UserError(f"--token_initializer gives {len(inits)} values for {len(tokens)} tokens; give one per "
-                        "token (comma-separated, same order), one for all, or none to use the vocabulary's")
-    specs = []
-    for n, token in enumerate(tokens):
-        term = known.get(token)
-        if inits:
-            init = inits[n] if len(inits) > 1 else inits[0]
-        elif term is not None:
-            init = term.initializer
-        else:
-            raise UserError(f"token {token} is not in the shot vocabulary, so it needs initializer words: "
-                            "give --token_initializer")
-        specs.append(TriggerSpec(token, init, term.key if term is not None else None))
-    return specs
-
-
-# --------------------------------------------------------------------------------------------
 # Adding them to a tokenizer + text encoder
 # --------------------------------------------------------------------------------------------
 def initializer_token_ids(tokenizer, words: str) -> list[int]:
@@ -156,7 +59,8 @@ def check_new_tokens(tokenizer, specs: Sequence[TriggerSpec], model_name: str = 
     init_ids = []
     for spec in specs:
         if spec.token in vocab:
-            raise UserError(f"token {spec.token} already exists in the tokenizer of {model_name} (id {vocab[spec.token]}); "
+            raise UserError(f"token {spec.token} already exists in the tokenizer of {model_name} "
+                            f"(id {vocab[spec.token]}); "
                             "pick another token or start from the original base model")
         ids = initializer_token_ids(tokenizer, spec.initializer)
         if not ids:
@@ -173,8 +77,6 @@ def add_trigger_tokens(tokenizer, text_encoder, specs: Sequence[TriggerSpec],
     Each new row is the mean of its initializer words' rows (one word: that word's row). Rows of
     the base vocabulary are copied unchanged. Call ``install_trigger_embedding`` next to train.
     """
-    import torch
-
     init_ids = check_new_tokens(tokenizer, specs, model_name)
     base_size = len(tokenizer)
     added = tokenizer.add_tokens([s.token for s in specs])
@@ -198,64 +100,44 @@ def add_trigger_tokens(tokenizer, text_encoder, specs: Sequence[TriggerSpec],
     return AddedTokens(list(specs), list(token_ids), init_ids, base_size, rows.clone())
 
 
-_CLASSES: dict = {}
+class TriggerEmbedding(nn.Module):
+    """A token-embedding table whose base rows are frozen and whose last rows are trainable.
 
+    ``base`` holds rows ``0 .. base_size-1`` (requires_grad False); ``trigger`` holds the new rows
+    (an ``nn.Parameter``, kept in fp32 for training). Its output equals ``nn.Embedding`` over the
+    concatenated table, without ever building that table in the forward pass.
+    """
 
-def _trigger_embedding_class():
-    """``TriggerEmbedding``, defined on first use (this module is imported before torch is needed)."""
-    if "TriggerEmbedding" in _CLASSES:
-        return _CLASSES["TriggerEmbedding"]
-    import torch
-    from torch import nn
+    def __init__(self, weight: torch.Tensor, base_size: int):
+        super().__init__()
+        self.base_size = base_size
+        self.base = nn.Embedding.from_pretrained(weight[:base_size].detach().clone(), freeze=True)
+        self.trigger = nn.Parameter(weight[base_size:].detach().clone().float())
 
-    class TriggerEmbedding(nn.Module):
-        """A token-embedding table whose base rows are frozen and whose last rows are trainable.
+    @property
+    def weight(self) -> torch.Tensor:
+        """The whole table (a new tensor; for readers such as transformers' helpers)."""
+        return torch.cat([self.base.weight, self.trigger.to(self.base.weight.dtype)])
 
-        ``base`` holds rows ``0 .. base_size-1`` (requires_grad False); ``trigger`` holds the new rows
-        (an ``nn.Parameter``, kept in fp32 for training). Its output equals ``nn.Embedding`` over the
-        concatenated table, without ever building that table in the forward pass.
-        """
+    @property
+    def num_embeddings(self) -> int:
+        return self.base_size + self.trigger.shape[0]
 
-        def __init__(self, weight: torch.Tensor, base_size: int):
-            super().__init__()
-            self.base_size = base_size
-            self.base = nn.Embedding.from_pretrained(weight[:base_size].detach().clone(), freeze=True)
-            self.trigger = nn.Parameter(weight[base_size:].detach().clone().float())
+    @property
+    def embedding_dim(self) -> int:
+        return self.base.embedding_dim
 
-        @property
-        def weight(self) -> torch.Tensor:
-            """The whole table (a new tensor; for readers such as transformers' helpers)."""
-            return torch.cat([self.base.weight, self.trigger.to(self.base.weight.dtype)])
-
-        @property
-        def num_embeddings(self) -> int:
-            return self.base_size + self.trigger.shape[0]
-
-        @property
-        def embedding_dim(self) -> int:
-            return self.base.embedding_dim
-
-        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-            is_new = input_ids >= self.base_size
-            out = self.base(input_ids.clamp(max=self.base_size - 1))
-            new = self.trigger.to(out.dtype)[(input_ids - self.base_size).clamp(min=0)]
-            return torch.where(is_new.unsqueeze(-1), new, out)
-
-    TriggerEmbedding.__qualname__ = "TriggerEmbedding"  # picklable as storyboard.train.tokens.TriggerEmbedding
-    _CLASSES["TriggerEmbedding"] = TriggerEmbedding
-    return TriggerEmbedding
-
-
-def __getattr__(name: str):
-    if name == "TriggerEmbedding":
-        return _trigger_embedding_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        is_new = input_ids >= self.base_size
+        out = self.base(input_ids.clamp(max=self.base_size - 1))
+        new = self.trigger.to(out.dtype)[(input_ids - self.base_size).clamp(min=0)]
+        return torch.where(is_new.unsqueeze(-1), new, out)
 
 
 def install_trigger_embedding(text_encoder, base_size: int):
     """Swap the encoder's token embedding for a frozen-base + trainable-trigger-rows module; returns it."""
     table = text_encoder.get_input_embeddings()
-    module = _trigger_embedding_class()(table.weight, base_size)
+    module = TriggerEmbedding(table.weight, base_size)
     module.to(table.weight.device)
     text_encoder.set_input_embeddings(module)
     return module
@@ -277,8 +159,6 @@ def trigger_rows(text_encoder):
 
 def merge_trigger_embedding(text_encoder):
     """Put a plain ``nn.Embedding`` holding base + trigger rows back into the encoder (in place)."""
-    from torch import nn
-
     module = find_trigger_embedding(text_encoder)
     if module is None:
         return text_encoder

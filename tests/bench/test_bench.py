@@ -47,7 +47,7 @@ def test_bench_train_tiny_bf16_measures_every_configuration(work, tmp_path):
 
 def test_bench_inference_tiny_bf16_compares_ours_with_plain(work, tmp_path):
     """bf16: the mixed-precision branch (fp32 is the CPU default that tests/test_inference.py runs)."""
-    from storyboard.inference.generate import read_png_metadata
+    from storyboard.inference.pngmeta import read_png_metadata
 
     proc = _bench("bench_inference.py", "--tiny", "--dtype", "bf16", "--work", work, "--results", tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]

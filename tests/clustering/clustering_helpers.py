@@ -37,7 +37,8 @@ def make_dataset(root: Path, per_shot: int = 3, untagged_every: int = 3, faults:
             lines.append(json.dumps({
                 "id": f"{shot}-{i}", "file_name": name, "text": ", ".join(words),
                 "shot_size": shot if tagged else None, "angle": "eye_level", "location": "outdoor",
-                "caption_ko": "여자가 들판에 서 있다", "tags_ko": ["실외", "아이레벨"], "raw_ref": f"crawl_a.jsonl:{n + 1}",
+                "caption_ko": "여자가 들판에 서 있다", "tags_ko": ["실외", "아이레벨"],
+                "raw_ref": f"crawl_a.jsonl:{n + 1}",
             }, ensure_ascii=False))
             n += 1
     if faults:

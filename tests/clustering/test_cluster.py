@@ -2,6 +2,7 @@
 front door run as a user runs it (with its bad-input messages)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -16,11 +17,10 @@ from storyboard.clustering.cluster import (
     load_manual_labels,
     majority,
     name_clusters,
-    parse_naming,
-    parse_target,
     run_kmeans,
     trigger_text,
 )
+from storyboard.clustering.settings import parse_naming, parse_target
 from storyboard.core.cli import UserError
 from storyboard.core.vocabulary import load_vocabulary
 
@@ -263,10 +263,8 @@ def test_bad_inputs_are_one_line_and_change_nothing(project, tmp_path):
 def read_jsonl_lenient(path: Path) -> list[dict]:
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        try:
+        with contextlib.suppress(ValueError):
             out.append(json.loads(line))
-        except ValueError:
-            pass
     return out
 
 

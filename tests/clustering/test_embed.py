@@ -10,17 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from storyboard.clustering.embed import (
-    EmbeddingCache,
-    Processes,
-    iter_embeddings,
-    load_clip,
-    merge_caches,
-    open_for_embedding,
-    parse_shard,
-    shard_indices,
-)
+from storyboard.clustering.cache import EmbeddingCache, merge_caches
+from storyboard.clustering.clip import load_clip
+from storyboard.clustering.decode import open_for_embedding, ramp_batches, thread_loader
+from storyboard.clustering.embed import embed_keys, iter_embeddings, shard_indices
+from storyboard.clustering.settings import ClusteringSettings
 from storyboard.core.cli import UserError
+from storyboard.core.runtime import Processes, parse_shard
 from storyboard.devkit.shot_composites import composite
 
 
@@ -128,8 +124,6 @@ def test_fast_jpeg_decode_keeps_features(clip, tmp_path):
 
 
 def test_cache_hit_on_rerun_and_only_new_images_embedded(clip, images, tmp_path):
-    from storyboard.clustering.stage import ClusteringSettings, embed_keys
-
     settings = ClusteringSettings(metadata=tmp_path / "m.jsonl", batch_size=2, workers=0)
     cache_dir = tmp_path / "cache"
     keyed = {f"key{i}": p for i, p in enumerate(images[:3])}
@@ -197,12 +191,10 @@ class _SlowDataset:
 
 @pytest.mark.parametrize("threads,ahead", [(1, 2), (2, 2), (3, 0), (4, 5)])
 def test_thread_loader_keeps_batch_order_and_failures(threads, ahead):
-    from storyboard.clustering.embed import _thread_loader, ramp_batches
-
     n, bad = 23, {0, 7, 22}
     batches = ramp_batches(n, 8)
     seen_ok, seen_failed = [], []
-    for batch, (indices, tensor, failed) in zip(batches, _thread_loader(_SlowDataset(n, bad), batches, ahead, threads)):
+    for batch, (indices, tensor, failed) in zip(batches, thread_loader(_SlowDataset(n, bad), batches, ahead, threads)):
         assert indices == [i for i in batch if i not in bad]  # each batch whole, in order
         assert [i for i, _ in failed] == [i for i in batch if i in bad]
         if indices:

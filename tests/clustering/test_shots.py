@@ -6,21 +6,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from storyboard.clustering.clip import load_clip
 from storyboard.clustering.shots import (
     DEFAULT_FACE_BOUNDS,
     ClipZeroShotJudge,
     Measurement,
     OpenCVShotEstimator,
     ShotGuess,
-    composite_items,
     evaluate,
-    evaluate_estimator,
     fit_face_bounds,
-    load_ground_truth,
     trim_uniform_borders,
 )
 from storyboard.core.vocabulary import load_vocabulary
 from storyboard.devkit.shot_composites import composite
+from storyboard.devkit.shot_eval import composite_items, evaluate_estimator, load_ground_truth
 
 ORDER = [t.key for t in load_vocabulary().shot_sizes]
 
@@ -90,7 +89,8 @@ def test_estimator_needs_bounds_for_every_shot_size():
 
 
 def test_evaluate_exact_within_one_and_confusion():
-    ev = evaluate(["close_up", "close_up", "full", "long"], ["close_up", "medium_close_up", "extreme_long", None], ORDER)
+    ev = evaluate(["close_up", "close_up", "full", "long"], ["close_up", "medium_close_up", "extreme_long", None],
+                  ORDER)
     assert ev.exact == 0.25 and ev.within_one == 0.5
     m = ev.confusion
     assert m.shape == (len(ORDER), len(ORDER) + 1)
@@ -113,8 +113,6 @@ def test_fit_face_bounds_separates_and_stays_ordered():
 
 def test_zero_shot_judge_runs_on_the_tiny_clip(tiny_models):
     # Random weights: the labels mean nothing; the machinery (prompts, text tower, softmax) runs.
-    from storyboard.clustering.embed import load_clip
-
     clip = load_clip(f"local-dir:{tiny_models / 'clip'}", device="cpu")
     judge = ClipZeroShotJudge(clip.model, clip.tokenizer, load_vocabulary())
     images = [composite(k, 200, 150, seed=i).image for i, k in enumerate(("close_up", "full"))]
@@ -127,8 +125,6 @@ def test_zero_shot_judge_runs_on_the_tiny_clip(tiny_models):
 
 
 def test_both_judges_share_one_interface(tiny_models, estimator):
-    from storyboard.clustering.embed import load_clip
-
     clip = load_clip(f"local-dir:{tiny_models / 'clip'}", device="cpu")
     images = [composite("medium", 240, 180, seed=9).image]
     for judge in (estimator, ClipZeroShotJudge.from_clip(clip)):

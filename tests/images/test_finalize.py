@@ -2,6 +2,7 @@
 shards, and resume after an interrupted (kill -9) run -- through the front door, as a user runs it."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -15,18 +16,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from storyboard.core.balanced_set import BALANCED_MARKER, is_balanced_set
+from storyboard.core.geometry import box_to_source, box_to_square, transform_from_record
 from storyboard.core.records import load_jsonl
-from storyboard.images.finalize import FinalizeSettings, finalize_dataset, parse_shard, safe_name
-from storyboard.images.squares import box_to_source, box_to_square, detect_subject, make_square, transform_from_record
+from storyboard.core.runtime import parse_shard
+from storyboard.images.finalize import FinalizeSettings, finalize_dataset, safe_name
+from storyboard.images.squares import detect_subject, make_square
 
 from support import REPO, run_front_door, user_env
 
 SCRIPT = REPO / "Data_preprocessing_method" / "03_finalize_dataset.py"
 
 
-def run_script(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """03_finalize_dataset.py as a user runs it; exit 0 asserted unless ``check=False``."""
-    return run_front_door(SCRIPT, *args, cwd=cwd, check=check)
+def run_script(*args, cwd: Path, script: Path = SCRIPT, check: bool = True) -> subprocess.CompletedProcess:
+    """03_finalize_dataset.py (or a copy of it) as a user runs it; exit 0 asserted unless ``check=False``."""
+    return run_front_door(script, *args, cwd=cwd, check=check)
 
 
 def write_metadata(sample_data: Path, path: Path, limit: int | None = None, broken: bool = True) -> list[dict]:
@@ -238,6 +242,9 @@ def test_workers_and_shards_give_the_same_dataset(sample_data, tmp_path):
     finalize_dataset(*args, tmp_path / "one", settings, workers=1)
     finalize_dataset(*args, tmp_path / "two", settings, workers=2)
     assert folder_bytes(tmp_path / "one") == folder_bytes(tmp_path / "two")
+    finalize_dataset(*args, tmp_path / "whole", settings, workers=1, shard=parse_shard(None))  # (0, 1): not a shard
+    assert folder_bytes(tmp_path / "whole") == folder_bytes(tmp_path / "one")
+    assert json.loads((tmp_path / "whole" / "run.json").read_text())["config"]["shard"] is None
 
     sharded = tmp_path / "sharded"
     parts = [finalize_dataset(*args, sharded, settings, workers=1, shard=(i, 3)) for i in range(3)]
@@ -266,12 +273,18 @@ def test_names_and_shards():
     assert safe_name("Scene-01", taken).startswith("Scene-01-")  # same name on a case-insensitive disk
     assert safe_name("a/b", taken).startswith("a_b-")
     assert safe_name("장면 1", taken).startswith("장면_1-")
-    assert parse_shard("1/4") == (1, 4) and parse_shard(None) is None
+    assert parse_shard("1/4") == (1, 4) and parse_shard(None) == (0, 1)
+
+
+def test_the_front_door_does_not_reach_into_the_clustering_stage():
+    """03 tells the balanced set apart through core (``core.balanced_set``), not through the later stage."""
+    tree = ast.parse(SCRIPT.read_text(encoding="utf-8"))
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    assert "storyboard.core.balanced_set" in imported
+    assert not [m for m in imported if m.startswith("storyboard.clustering")], imported
 
 
 def test_a_rerun_over_the_balanced_set_says_clustering_must_run_again(sample_data, tmp_path):
-    from storyboard.clustering.stage import OWN_MARKER, is_balanced_set
-
     write_metadata(sample_data, tmp_path / "meta.jsonl", limit=2, broken=False)
     out = tmp_path / "Dataset_fin"
     args = ("--image-root", sample_data / "images", "--metadata", tmp_path / "meta.jsonl", "--out", out,
@@ -279,7 +292,7 @@ def test_a_rerun_over_the_balanced_set_says_clustering_must_run_again(sample_dat
     first = run_script(*args, cwd=tmp_path)
     assert "run_clip_clustering.py again" not in first.stdout and not is_balanced_set(out / "metadata.jsonl")
     # What the clustering stage leaves: the same records, marked as its own.
-    balanced = [{**r, OWN_MARKER: "tag"} for r in load_jsonl(out / "metadata.jsonl")]
+    balanced = [{**r, BALANCED_MARKER: "tag"} for r in load_jsonl(out / "metadata.jsonl")]
     (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in balanced), encoding="utf-8")
     assert is_balanced_set(out / "metadata.jsonl")
     again = run_script(*args, cwd=tmp_path)

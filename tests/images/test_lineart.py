@@ -13,7 +13,8 @@ from PIL import Image
 from storyboard.core.cli import UserError
 from storyboard.core.records import load_jsonl
 from storyboard.images.finalize import FinalizeSettings, finalize_dataset
-from storyboard.images.lineart import LineartSettings, ModelBackend, canny, load_detector, record_seed, xdog
+from storyboard.images.lineart import LineartSettings, canny, record_seed, xdog
+from storyboard.images.lineart_models import ModelBackend, load_detector
 from storyboard.images.lineart_stage import lineart_name, run_lineart
 
 from support import REPO, run_front_door
@@ -159,6 +160,16 @@ def test_sdxl_controlnet_backend_on_the_tiny_models(lineart_models, dataset, tmp
     first = alone.run([square, square[::-1]], 64, [11, 12])[0]
     single = alone.run([square], 64, [11])[0]
     assert np.abs(first.astype(int) - single.astype(int)).max() <= 2
+
+
+def test_dtype_spellings_keep_resume_keys():
+    """--dtype takes fp16 (one spelling everywhere) and still float16: the resume key is the one earlier
+    runs wrote with float16, so their line art is reused, and another precision is another key."""
+    def key(dtype: str) -> str:
+        return LineartSettings(backend="sdxl-controlnet", dtype=dtype).key()
+
+    assert key("fp16") == key("float16") and key("bf16") == key("bfloat16") and key("fp32") == key("float32")
+    assert len({key("fp16"), key("bf16"), key("fp32"), key("auto")}) == 4
 
 
 def test_names():

@@ -1,5 +1,5 @@
-"""inference_trigger.py and storyboard.inference.generate: trigger rules, the seed's command line, PNG metadata,
-same image as plain diffusers, and one-line errors for every mismatch."""
+"""inference_trigger.py and storyboard.inference (prompts, pngmeta, pipeline, run): trigger rules, the
+seed's command line, PNG metadata, same image as plain diffusers, and one-line errors for every mismatch."""
 from __future__ import annotations
 
 import json
@@ -9,19 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from storyboard.artifacts.read import Checkpoint, read_checkpoint
 from storyboard.core.cli import UserError
 from storyboard.core.vocabulary import load_vocabulary
-from storyboard.inference.generate import (
-    Checkpoint,
+from storyboard.inference.pngmeta import (
     a1111_parameters,
     parse_parameters,
-    plain_prompt,
     png_bytes,
-    prepare_prompt,
-    read_checkpoint,
     read_png_metadata,
     read_png_parameters,
 )
+from storyboard.inference.prompts import plain_prompt, prepare_prompt
 
 from support import REPO, run_command, user_env
 from trigger_helpers import INFERENCE, copy_checkpoint, edit_manifest, pixels, seed_root
@@ -154,7 +152,9 @@ def test_same_image_as_plain_diffusers_and_reproducible(tmp_path, tiny_models, t
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from storyboard.inference.generate import Job, Settings, load_trigger_pipeline, run_jobs
+    from storyboard.inference.jobs import Job, run_jobs
+    from storyboard.inference.pipeline import load_trigger_pipeline
+    from storyboard.inference.settings import Settings
 
     base = tiny_models / "model_sd"
     tp = load_trigger_pipeline(base, trained_checkpoint, device="cpu")
@@ -221,10 +221,10 @@ def test_fp16_loads_and_fuses_on_the_cpu_before_moving_to_the_gpu(tiny_models, t
     making images), so a GPU session meets no dtype surprise there."""
     import torch
 
-    import storyboard.inference.generate as generate
+    from storyboard.inference import pipeline
 
-    monkeypatch.setattr(generate, "resolve_dtype", lambda dtype, device: torch.float16)
-    tp = generate.load_trigger_pipeline(tiny_models / "model_sd", trained_checkpoint, device="cpu", dtype="fp16")
+    monkeypatch.setattr(pipeline, "resolve_dtype", lambda dtype, device: torch.float16)
+    tp = pipeline.load_trigger_pipeline(tiny_models / "model_sd", trained_checkpoint, device="cpu", dtype="fp16")
     assert tp.fused and not tp.pipe.get_list_adapters()
     assert {tp.pipe.unet.dtype, tp.pipe.text_encoder.dtype, tp.pipe.vae.dtype} == {torch.float16}
     table = tp.pipe.text_encoder.get_input_embeddings().weight
@@ -262,7 +262,8 @@ def _mismatch_cases(tmp_path: Path, tiny_models: Path, ckpt: Path) -> dict[str, 
     return {
         "missing folder": (["--base-model", base, "--checkpoint", tmp_path / "nope"], "checkpoint folder not found"),
         "missing base": (["--base-model", tmp_path / "no_base", "--checkpoint", ckpt], "base model folder not found"),
-        "bad size": (["--base-model", base, "--checkpoint", ckpt, "--width", 65], "--width 65 is not a positive multiple of 8"),
+        "bad size": (["--base-model", base, "--checkpoint", ckpt, "--width", 65],
+                     "--width 65 is not a positive multiple of 8"),
         "base fingerprint": (["--base-model", other_base, "--checkpoint", ckpt], "base model mismatch"),
         "tokenizer size": (["--base-model", base, "--checkpoint", small_tok], "tokenizer size mismatch"),
         "untrained trigger": (["--base-model", base, "--checkpoint", ckpt, "--shot", "close-up"], "was not trained"),

@@ -12,7 +12,8 @@ import pytest
 
 from storyboard.core.cli import UserError
 from storyboard.core.vocabulary import load_vocabulary
-from storyboard.inference.validate import make_validation_records, read_validation_prompts, shard
+from storyboard.inference.prompt_files import make_validation_records, read_validation_prompts
+from storyboard.inference.validate import shard
 
 from support import run_command, user_env
 from trigger_helpers import VALIDATION, pixels, seed_root
@@ -51,7 +52,8 @@ def test_committed_validation_jsonl_matches_the_generator(vocab):
         import make_validation_jsonl as mvj
     finally:
         sys.path.remove(str(VALIDATION))
-    fresh = make_validation_records(vocab, mvj.SUBJECTS, mvj.SEEDS, mvj.SHOTS, mvj.ANGLES, mvj.LOCATIONS, mvj.NEGATIVE_PROMPT)
+    fresh = make_validation_records(vocab, mvj.SUBJECTS, mvj.SEEDS, mvj.SHOTS, mvj.ANGLES, mvj.LOCATIONS,
+                                    mvj.NEGATIVE_PROMPT)
     assert [r["id"] for r in committed] == [r["id"] for r in fresh]
 
 
@@ -112,11 +114,12 @@ def test_shard_matches_accelerate_split():
 # Running, resuming
 # --------------------------------------------------------------------------------------------
 def _args(tiny_models: Path, prompts: Path, out: Path, checkpoints=(), base_only=False, **over) -> argparse.Namespace:
-    values = dict(base_model=tiny_models / "model_sd", checkpoint=list(checkpoints), base_only=base_only,
-                  prompts=prompts, limit=0, output_dir=out, overwrite=False, no_report=True, device="cpu",
-                  dtype="auto", compile=False, no_fuse=False, allow_base_mismatch=False, negative_prompt="",
-                  steps=2, guidance=7.5, scheduler="default", lora_scale=1.0, width=None, height=None, batch_size=2,
-                  clip_model="", clip_checkpoint="", vocabulary=None)
+    values = {"base_model": tiny_models / "model_sd", "checkpoint": list(checkpoints), "base_only": base_only,
+              "prompts": prompts, "limit": 0, "output_dir": out, "overwrite": False, "no_report": True,
+              "device": "cpu", "dtype": "auto", "compile": False, "no_fuse": False, "allow_base_mismatch": False,
+              "negative_prompt": "", "steps": 2, "guidance": 7.5, "scheduler": "default", "lora_scale": 1.0,
+              "width": None, "height": None, "batch_size": 2, "clip_model": "", "clip_checkpoint": "",
+              "vocabulary": None}
     values.update(over)
     return argparse.Namespace(**values)
 
@@ -244,7 +247,8 @@ def test_validation_sh_two_processes_in_seed_layout(tmp_path, tiny_models, train
     for column, expected, processes in (("base", 6, {0}), ("train_fs", 4, {0, 1})):
         sidecar = [json.loads(line) for line in (out / column / "images.jsonl").read_text().splitlines()]
         assert len(sidecar) == expected == len({r["id"] for r in sidecar})  # every prompt once
-        assert {r["process"] for r in sidecar} == processes and {r["num_processes"] for r in sidecar} == {len(processes)}
+        assert {r["process"] for r in sidecar} == processes
+        assert {r["num_processes"] for r in sidecar} == {len(processes)}
     page = (out / "report" / "index.html").read_text(encoding="utf-8")
     assert "Trigger fidelity" in page and "train_fs" in page and "base" in page and "grid-full-01.png" in page
 
@@ -262,4 +266,5 @@ def test_launcher_errors_are_one_line(tmp_path, tiny_models):
     proc = run_command(["bash", VALIDATION / "validation.sh", "--base-model", tiny_models / "model_sd", "--checkpoint",
                        tmp_path / "missing", "--width", "64"], cwd=tmp_path, env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"run_validation.py: error: checkpoint folder not found: {tmp_path / 'missing'}"]
+    missing = tmp_path / "missing"
+    assert proc.stderr.strip().splitlines() == [f"run_validation.py: error: checkpoint folder not found: {missing}"]

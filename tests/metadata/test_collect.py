@@ -12,7 +12,8 @@ import pytest
 from storyboard.core.cli import UserError
 from storyboard.core.records import RecordError
 from storyboard.core.textnorm import normalize
-from storyboard.metadata.collect import CollectConfig, collect, map_raw_text_fields
+from storyboard.metadata.collect import CollectConfig, collect
+from storyboard.metadata.raw_fields import map_raw_text_fields
 from storyboard.metadata.titles import TitleEntry, TitleIndex, load_titles, title_keys
 
 from metadata_helpers import COLLECT, EXPECTED, TITLES_CSV, collect_sample, make_crawl, outcome_by_ref, sample_truth
@@ -97,7 +98,8 @@ def test_titles_jsonl_and_csv_load_the_same(tmp_path):
 @pytest.mark.parametrize("body, message", [
     ("title,original_title,year\nParasite,기생충,2019,extra\n", "titles.csv line 2: 4 fields, the header has 3"),
     ("title,original_title,year\n,기생충,2019\n", "titles.csv line 2: the canonical 'title' is empty"),
-    ("title,original_title,year\nParasite,기생충,twenty\n", "titles.csv line 2: year 'twenty' is not a four-digit year"),
+    ("title,original_title,year\nParasite,기생충,twenty\n",
+     "titles.csv line 2: year 'twenty' is not a four-digit year"),
     ("name,year\nParasite,2019\n", "no 'title' column"),
     ("title,year\nParasite,2019\nParasite,2019\n", "'Parasite' (2019) is already listed on line 2"),
     ("", "is empty"),
@@ -138,14 +140,16 @@ def test_kept_records_fields(collected, crawl):
     assert first["caption_ko"].startswith("남자가 <b>강</b>을")
     assert first["tags_ko"] == ["풀 샷", "야외"]
     assert "caption" not in first and "tags" not in first
-    assert (first["source_url"], first["scene"], first["crawled_at"]) == ("https://example.org/1", 12, "2024-05-01T10:00:00")
+    assert (first["source_url"], first["scene"], first["crawled_at"]) == \
+        ("https://example.org/1", 12, "2024-05-01T10:00:00")
     assert (first["title"], first["title_canonical"], first["title_score"], first["title_year"]) == (
         "기생충 (2019)", "Parasite", 100.0, 2019)
     digest = hashlib.sha256((crawl / "images" / "기생충" / "장면 01.png").read_bytes()).hexdigest()
     assert first["id"] == digest[:16]
     assert by_ref["crawl_a.jsonl:2"]["image"] == "살인의 추억/논두렁 컷.jpg"
     fuzzy = by_ref["crawl_b.jsonl:4"]
-    assert fuzzy["title_canonical"] == "Parasite" and 85 <= fuzzy["title_score"] < 100 and fuzzy["tags_ko"] == ["바스트샷"]
+    assert fuzzy["title_canonical"] == "Parasite" and 85 <= fuzzy["title_score"] < 100
+    assert fuzzy["tags_ko"] == ["바스트샷"]
     assert by_ref["crawl_a.jsonl:17"]["title_year"] == 2013
     ids = [r["id"] for r in read_jsonl(collected)]
     assert len(ids) == len(set(ids))
@@ -196,8 +200,8 @@ def test_without_titles_list_titles_pass_through(crawl, tmp_path):
 
 def test_collect_is_idempotent_on_its_own_output(collected, crawl, tmp_path):
     again = tmp_path / "again.jsonl"
-    proc = run_front_door(COLLECT, "--input", collected, "--image-root", crawl / "images", "--titles", crawl / "titles.csv",
-                      "--output", again, cwd=tmp_path)
+    proc = run_front_door(COLLECT, "--input", collected, "--image-root", crawl / "images",
+                          "--titles", crawl / "titles.csv", "--output", again, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert again.read_text(encoding="utf-8") == collected.read_text(encoding="utf-8")
     assert read_jsonl(again.with_name("again.rejects.jsonl")) == []
@@ -209,7 +213,8 @@ def test_nfd_file_name_found_from_nfc_record(tmp_path):
     nfd_name = unicodedata.normalize("NFD", "살인의 추억 컷.png")
     shutil.copy(make_crawl(tmp_path / "c") / "images" / "b.png", images / nfd_name)
     raw = tmp_path / "raw.jsonl"
-    raw.write_text(json.dumps({"image": "살인의 추억 컷.png", "title": "살인의추억"}, ensure_ascii=False), encoding="utf-8")
+    raw.write_text(json.dumps({"image": "살인의 추억 컷.png", "title": "살인의추억"}, ensure_ascii=False),
+                   encoding="utf-8")
     stage = collect(CollectConfig([raw], images, tmp_path / "out.jsonl"))
     assert stage.written == 1
     record = read_jsonl(tmp_path / "out.jsonl")[0]

@@ -125,7 +125,8 @@ def test_seed_command_line_verbatim(seed_folder):
     out = {r["raw_ref"]: r for r in read_jsonl(seed_folder / "metadata_clean.jsonl")}
     assert len(out) == len(read_jsonl(seed_folder / "metadata_raw.jsonl"))
     first = out["crawl_a.jsonl:1"]
-    assert (first["shot_size"], first["location"], first["caption_ko"]) == ("full", "outdoor", "남자가 강을 따라 걷는다!")
+    assert (first["shot_size"], first["location"], first["caption_ko"]) == \
+        ("full", "outdoor", "남자가 강을 따라 걷는다!")
     assert first["tags_ko"] == ["풀샷", "실외"] and first["source_url"] == "https://example.org/1"
     assert out["crawl_a.jsonl:4"]["shot_size"] == "medium"
     assert out["crawl_b.jsonl:2"]["shot_size"] is None
@@ -143,7 +144,8 @@ def test_tags_stage_rejects_and_is_idempotent(seed_folder, tmp_path):
     first = tmp_path / "clean.jsonl"
     proc = run_front_door(TAGS, "--input", raw, "--output", first, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    reasons = {(e.get("record") or {}).get("id", e["reason"]): e["reason"] for e in read_jsonl(tmp_path / "clean.rejects.jsonl")}
+    reasons = {(e.get("record") or {}).get("id", e["reason"]): e["reason"]
+               for e in read_jsonl(tmp_path / "clean.rejects.jsonl")}
     assert reasons == {"x1": "conflicting_labels", "x2": "wrong_type", "malformed_json": "malformed_json"}
     second = tmp_path / "clean2.jsonl"
     proc = run_front_door(TAGS, "--input", first, "--output", second, cwd=tmp_path)

@@ -11,9 +11,9 @@ import pytest
 from storyboard.core.records import RecordError
 from storyboard.core.vocabulary import load_vocabulary
 from storyboard.devkit.tiny_marian import build_tiny_marian
+from storyboard.metadata.marian import MarianTranslator
 from storyboard.metadata.translate import (
     KeepKorean,
-    MarianTranslator,
     TranslationCache,
     check_record,
     prompt_text,
@@ -36,7 +36,8 @@ RECORDS = [
     {"id": "c", "image": "c.png", "caption_ko": "형사가 논두렁을 본다", "tags_ko": ["강"],  # same caption as b
      "shot_size": None, "angle": None, "location": None},
     {"id": "d", "image": "d.png", "caption_ko": "", "tags_ko": [], "shot_size": "long"},
-    {"id": "e", "image": "e.png", "caption_ko": "익스트림 롱샷 속 작은 기차", "tags_ko": [], "shot_size": "extreme_long"},
+    {"id": "e", "image": "e.png", "caption_ko": "익스트림 롱샷 속 작은 기차", "tags_ko": [],
+     "shot_size": "extreme_long"},
 ]
 
 
@@ -160,7 +161,8 @@ def test_damaged_cache_line_costs_only_a_retranslation(marian, tmp_path):
     source = _write(tmp_path / "clean.jsonl", RECORDS[1:2])
     translator = MarianTranslator(marian, device="cpu")
     cache_path = tmp_path / "cache.jsonl"
-    cache_path.write_text('{"backend": "marian", "model": "x", "source": "a", "target": "b"}\n{broken\n', encoding="utf-8")
+    cache_path.write_text('{"backend": "marian", "model": "x", "source": "a", "target": "b"}\n{broken\n',
+                          encoding="utf-8")
     stage = translate_records(source, tmp_path / "out.jsonl", None, VOCAB, translator,
                               TranslationCache(cache_path, "marian", translator.fingerprint))
     assert stage.extra["cache lines ignored (damaged)"] == 1 and stage.extra["translated now"] == 2

@@ -124,7 +124,7 @@ def test_xformers_that_cannot_run_is_one_line(tiny_models):
     from diffusers import UNet2DConditionModel
 
     from storyboard.core.cli import UserError
-    from storyboard.train.loop import enable_xformers
+    from storyboard.train.models import enable_xformers
 
     unet = UNet2DConditionModel.from_pretrained(tiny_models / "model_sd", subfolder="unet")
     with pytest.raises(UserError, match="xformers does not work here .*drop the flag") as err:

@@ -50,7 +50,7 @@ def _fresh(base):
 @pytest.fixture(scope="module")
 def ours(run):
     """The image from our own loader (the one previews and inference use)."""
-    from storyboard.train.preview import load_trained_pipeline
+    from storyboard.artifacts.load import load_trained_pipeline
 
     return _image(load_trained_pipeline(run["base"], run["out"]))
 
@@ -67,7 +67,7 @@ def test_every_output_exists(run):
 
 
 def test_manifest_records_what_inference_needs(run):
-    from storyboard.artifacts.export import base_fingerprint
+    from storyboard.artifacts.read import base_fingerprint
 
     manifest = json.loads((run["out"] / "trigger_manifest.json").read_text())
     assert [t["token"] for t in manifest["tokens"]] == ["<cu_trg>", "<fs_trg>"]
@@ -79,7 +79,8 @@ def test_manifest_records_what_inference_needs(run):
     assert manifest["training"]["global_step"] == 6 and manifest["training"]["final_loss"] is not None
     assert manifest["hyperparameters"]["rank"] == RANK and "torch" in manifest["versions"]
     assert manifest["reload_check"]["ok"] is True, manifest["reload_check"]["problems"]
-    assert manifest["reload_check"]["webui_lora"]["unet"]["loaded"] == manifest["reload_check"]["webui_lora"]["unet"]["modules"] > 0
+    webui_unet = manifest["reload_check"]["webui_lora"]["unet"]
+    assert webui_unet["loaded"] == webui_unet["modules"] > 0
 
 
 def test_embedding_files_hold_one_tensor_under_one_key(run):
@@ -126,8 +127,8 @@ def test_webui_lora_through_plain_diffusers_gives_our_image(run, ours):
     out = run["out"]
     pipe = _fresh(run["base"])
     pipe.load_lora_weights(out, weight_name="lora_webui.safetensors")
-    pipe.load_textual_inversion([str(out / "embeddings/cu_trg.safetensors"), str(out / "embeddings/fs_trg.safetensors")],
-                                token=["<cu_trg>", "<fs_trg>"])
+    pipe.load_textual_inversion([str(out / "embeddings/cu_trg.safetensors"),
+                                 str(out / "embeddings/fs_trg.safetensors")], token=["<cu_trg>", "<fs_trg>"])
     image = _image(pipe)
     assert np.abs(image - ours).max() < 1e-5
     # and the LoRA matters: without it the image differs (so the comparisons above mean something)
@@ -163,6 +164,7 @@ def bf16_run(tiny_models, tmp_path_factory):
     trainable and frozen weights while training, each loss, and the frozen token rows as training holds
     them (after the last micro-batch)."""
     from storyboard.train import loop
+    from storyboard.train.models import named_trainables
     from storyboard.train.tokens import find_trigger_embedding
 
     argv, result = _run_argv(tiny_models / "model_sd", tmp_path_factory.mktemp("train_bf16"), mixed_precision="bf16")
@@ -171,7 +173,7 @@ def bf16_run(tiny_models, tmp_path_factory):
 
     def watched(ctx, batch, m):
         loss = original(ctx, batch, m)
-        for name, p in loop.named_trainables(ctx.models).items():
+        for name, p in named_trainables(ctx.models).items():
             seen["trainable"].setdefault(name, set()).add(p.dtype)
         for module in (ctx.models.unet, ctx.models.text_encoder):
             seen["frozen"].update(p.dtype for p in module.parameters() if not p.requires_grad)
@@ -218,7 +220,7 @@ def _safetensors_layout(out) -> dict:
 
 def test_bf16_saves_every_file_in_fp32_like_the_fp32_run(run, bf16_run):
     """Every file exists, keys and shapes match the fp32 run's, and every tensor is fp32 (the formats
-    document fp32: export.lora_state, save_embeddings, checkpoints' trainable.safetensors)."""
+    document fp32: write.lora_state, save_embeddings, checkpoints' trainable.safetensors)."""
     bf16, fp32 = _safetensors_layout(bf16_run["out"]), _safetensors_layout(run["out"])
     assert set(bf16) == set(fp32) and "checkpoint-3/training_state/trainable.safetensors" in bf16
     assert bf16 == fp32

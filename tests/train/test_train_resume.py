@@ -12,10 +12,10 @@ from train_support import load_safetensors, make_dataset, train_args, train_in_p
 
 # Every source of randomness on: augmentations, caption shuffle and dropout, LoRA dropout, noise
 # offset, accumulation, no latent cache (the VAE samples each step), pivotal token stop at step 4.
-RANDOM_EVERYWHERE = dict(max_train_steps=6, checkpointing_steps=2, train_batch_size=1, gradient_accumulation_steps=2,
-                         lora_dropout=0.1, noise_offset=0.05, caption_dropout_rate=0.3, caption_tag_dropout_rate=0.2,
-                         snr_gamma=5.0, token_training_steps=4, learning_rate=1e-3, lr_scheduler="cosine",
-                         lr_warmup_steps=1)
+RANDOM_EVERYWHERE = {"max_train_steps": 6, "checkpointing_steps": 2, "train_batch_size": 1,
+                     "gradient_accumulation_steps": 2, "lora_dropout": 0.1, "noise_offset": 0.05,
+                     "caption_dropout_rate": 0.3, "caption_tag_dropout_rate": 0.2, "snr_gamma": 5.0,
+                     "token_training_steps": 4, "learning_rate": 1e-3, "lr_scheduler": "cosine", "lr_warmup_steps": 1}
 FLAGS = ("--random_flip", "--no-center_crop", "--shuffle_caption")
 
 
@@ -40,7 +40,8 @@ def test_interrupted_twice_and_resumed_twice_equals_uninterrupted(tiny_models, d
 
     parts = tmp_path / "parts"
     # killed after step 3 (checkpoint 2 on disk), resumed; killed after step 5 (checkpoint 4), resumed.
-    assert train_in_process(train_args(base, data, parts, *FLAGS, "--debug_stop_after_step", "3", **RANDOM_EVERYWHERE)) == 3
+    assert train_in_process(train_args(base, data, parts, *FLAGS, "--debug_stop_after_step", "3",
+                                       **RANDOM_EVERYWHERE)) == 3
     assert not (parts / "pytorch_lora_weights.safetensors").exists()
     assert train_in_process(train_args(base, data, parts, *FLAGS, "--resume_from_checkpoint", "latest",
                                        "--debug_stop_after_step", "5", **RANDOM_EVERYWHERE)) == 3
@@ -61,7 +62,8 @@ def test_resume_with_other_settings_is_refused(tiny_models, data, tmp_path):
     out = tmp_path / "run"
     assert train_in_process(train_args(base, data, out, "--debug_stop_after_step", "2", checkpointing_steps=2)) == 3
     with pytest.raises(UserError, match="cannot resume .* other settings .*rank"):
-        train_in_process(train_args(base, data, out, "--resume_from_checkpoint", "latest", checkpointing_steps=2, rank=8))
+        train_in_process(train_args(base, data, out, "--resume_from_checkpoint", "latest", checkpointing_steps=2,
+                                    rank=8))
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_models, data, tmp_path):

@@ -9,12 +9,12 @@ import torch
 from storyboard.core.cli import UserError
 from storyboard.core.vocabulary import load_vocabulary
 from storyboard.train.data import CaptionPolicy, StepBatchSampler
+from storyboard.train.token_specs import resolve_trigger_specs
 from storyboard.train.tokens import (
     TriggerEmbedding,
     add_trigger_tokens,
     install_trigger_embedding,
     merge_trigger_embedding,
-    resolve_trigger_specs,
     trigger_rows,
 )
 
@@ -68,7 +68,7 @@ def test_new_rows_start_at_the_mean_of_their_initializer_words(tokenizer_and_enc
 def test_existing_token_and_empty_initializer_are_refused(tokenizer_and_encoder):
     import copy
 
-    from storyboard.train.tokens import TriggerSpec
+    from storyboard.train.token_specs import TriggerSpec
 
     tokenizer, encoder = (copy.deepcopy(x) for x in tokenizer_and_encoder)
     with pytest.raises(UserError, match="already exists in the tokenizer"):
@@ -132,7 +132,8 @@ def test_caption_shuffle_keeps_the_trigger_first_and_is_reproducible():
     assert CaptionPolicy(("<fs_trg>",)).apply(text, random.Random(0)) == text  # no shuffle: untouched
     dropped = CaptionPolicy(("<fs_trg>",), caption_dropout=1.0).apply(text, random.Random(0))
     assert dropped == ""
-    tags = CaptionPolicy(("<fs_trg>",), keep_tokens=2, tag_dropout=1.0).apply("<fs_trg>, full shot, x, y", random.Random(0))
+    policy = CaptionPolicy(("<fs_trg>",), keep_tokens=2, tag_dropout=1.0)
+    tags = policy.apply("<fs_trg>, full shot, x, y", random.Random(0))
     assert tags == "<fs_trg>, full shot"
 
 
