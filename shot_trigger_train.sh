@@ -59,7 +59,7 @@ REPORT_TO="tensorboard"       # tensorboard (OUTPUT_DIR/logs: tensorboard --logd
 
 # ---- how accelerate runs it -----------------------------------------------------------------
 # PYTHON: the project's .venv, else your active environment; set it to choose (see launcher_env.sh).
-source "$HERE/launcher_env.sh"
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/launcher_env.sh"  # beside the real file, if this is a link
 # The accelerate command: `$PYTHON -m accelerate.commands.accelerate_cli` (the `accelerate` program of
 # that Python, found without PATH); set ACCELERATE="accelerate" (or a path) to use another one.
 ACCELERATE_CMD=("$PYTHON" -m accelerate.commands.accelerate_cli)

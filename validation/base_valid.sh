@@ -26,7 +26,7 @@ CLIP_MODEL="${CLIP_MODEL:-}"              # CLIP for the report's judge and scor
 CLIP_CHECKPOINT="${CLIP_CHECKPOINT:-}"
 
 # PYTHON: the project's .venv, else your active environment; PYTHON=/path/to/python to choose.
-source "$HERE/../launcher_env.sh"
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../launcher_env.sh"  # beside the real file, if this is a link
 DEVICE="${DEVICE:-auto}"                      # auto (each process's GPU, else CPU) or cpu
 # Flags for `accelerate launch`: empty = your `accelerate config`, else one process per GPU; see validation.sh.
 ACCELERATE_ARGS="${ACCELERATE_ARGS:-}"

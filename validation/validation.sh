@@ -34,7 +34,7 @@ CLIP_CHECKPOINT="${CLIP_CHECKPOINT:-}"    # e.g. ../Dataset_clustering_method/Vi
 
 # --- processes -------------------------------------------------------------------------------
 # PYTHON: the project's .venv, else your active environment; PYTHON=/path/to/python to choose.
-source "$HERE/../launcher_env.sh"
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../launcher_env.sh"  # beside the real file, if this is a link
 DEVICE="${DEVICE:-auto}"                      # auto (each process's GPU, else CPU) or cpu
 # Flags for `accelerate launch`: empty = your `accelerate config` file if there is one, else one
 # process per visible GPU. "--multi_gpu --num_processes 4": four GPUs. On a machine without a GPU (or

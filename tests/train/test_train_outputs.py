@@ -66,6 +66,27 @@ def test_every_output_exists(run):
     assert not list(out.glob(".*tmp*")), "temporary files left behind"
 
 
+def test_webui_lora_is_named_after_the_run(run):
+    """The file a user copies into the WebUI's or ComfyUI's models/Lora is named after the run (its stem is
+    the <lora:NAME:...> word), kohya's way for checkpoints; lora_webui.safetensors is the same bytes."""
+    out = run["out"]
+    named, alias = out / "train_fs.safetensors", out / "lora_webui.safetensors"
+    assert named.read_bytes() == alias.read_bytes()
+    assert named.stat().st_ino == alias.stat().st_ino  # a hard link here, not a second copy
+    step = out / "checkpoint-3" / "train_fs-step00000003.safetensors"
+    assert step.is_file() and not (out / "checkpoint-3" / "train_fs.safetensors").exists()
+    manifest = json.loads((out / "trigger_manifest.json").read_text())
+    assert manifest["files"]["webui_lora"] == "train_fs.safetensors"
+    assert manifest["files"]["comfyui_workflow"] == "comfyui_workflow.json"
+    assert set(manifest["files"]["sha256"]) >= {"train_fs.safetensors", "lora_webui.safetensors"}
+    from safetensors import safe_open
+
+    with safe_open(str(named), "pt") as f:
+        assert f.metadata()["ss_output_name"] == "train_fs"
+    workflow = json.loads((out / "checkpoint-3" / "comfyui_workflow.json").read_text())
+    assert workflow["10"]["inputs"]["lora_name"] == "train_fs-step00000003.safetensors"
+
+
 def test_manifest_records_what_inference_needs(run):
     from storyboard.artifacts.read import base_fingerprint
 
