@@ -23,7 +23,8 @@ HEIGHT="${HEIGHT:-auto}"
 LORA_SCALE="${LORA_SCALE:-1.0}"       # LoRA strength
 DEVICE="${DEVICE:-auto}"              # auto, cuda, cuda:1, mps, cpu
 DTYPE="${DTYPE:-auto}"                # auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16
-PYTHON="${PYTHON:-python}"            # the Python that has the project's requirements
+# PYTHON: the project's .venv, else your active environment; PYTHON=/path/to/python to choose.
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/launcher_env.sh"  # beside the real file, if this is a link
 
 "$PYTHON" "$HERE/inference_trigger.py" \
   --base-model "$BASE_MODEL" \

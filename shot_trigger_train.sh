@@ -9,6 +9,7 @@
 # Edit the variables below (or pass any train_trigger02.py flag after the script's name: a flag on
 # the command line comes after these and wins). Paths are relative to the folder you run it from.
 # Every flag is described in docs/training.md and by `python train_trigger02.py --help`.
+# No need to activate a virtual environment: launcher_env.sh picks the project's .venv (or yours).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"   # train_trigger02.py sits beside this script
@@ -53,10 +54,16 @@ CHECKPOINT_STEPS=500
 CHECKPOINT_LIMIT=3
 RESUME=""                     # "latest": continue the newest checkpoint in OUTPUT_DIR (after an interruption)
 VALIDATION_STEPS=500
-REPORT_TO="none"              # none | tensorboard | wandb (wandb reads WANDB_API_KEY from the environment)
+REPORT_TO="tensorboard"       # tensorboard (OUTPUT_DIR/logs: tensorboard --logdir OUTPUT_DIR/logs) | wandb
+                              # (WANDB_API_KEY from the environment, or WANDB_MODE=offline) | all | none
 
 # ---- how accelerate runs it -----------------------------------------------------------------
-ACCELERATE="${ACCELERATE:-accelerate}"
+# PYTHON: the project's .venv, else your active environment; set it to choose (see launcher_env.sh).
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/launcher_env.sh"  # beside the real file, if this is a link
+# The accelerate command: `$PYTHON -m accelerate.commands.accelerate_cli` (the `accelerate` program of
+# that Python, found without PATH); set ACCELERATE="accelerate" (or a path) to use another one.
+ACCELERATE_CMD=("$PYTHON" -m accelerate.commands.accelerate_cli)
+if [[ -n "${ACCELERATE:-}" ]]; then ACCELERATE_CMD=("$ACCELERATE"); fi
 # Extra `accelerate launch` flags. Empty: your `accelerate config` if you made one, else one process
 # (CPU, or all GPUs of this machine). Examples: (--num_processes 1)  (--cpu)
 # (--multi_gpu --num_processes 4)  (--mixed_precision bf16)  (--dynamo_backend inductor: torch.compile). From the environment:
@@ -64,10 +71,10 @@ ACCELERATE="${ACCELERATE:-accelerate}"
 read -r -a ACCELERATE_ARGS <<< "${ACCELERATE_LAUNCH_ARGS:-}"
 
 echo "== accelerate environment ==" >&2
-"$ACCELERATE" env >&2 || echo "(accelerate env failed; continuing)" >&2
-echo "== accelerate launch ${ACCELERATE_ARGS[*]:-} train_trigger02.py ==" >&2
+"${ACCELERATE_CMD[@]}" env >&2 || echo "(accelerate env failed; continuing)" >&2
+echo "== accelerate launch ${ACCELERATE_ARGS[*]:-} train_trigger02.py (Python: $PYTHON) ==" >&2
 
-exec "$ACCELERATE" launch ${ACCELERATE_ARGS[@]+"${ACCELERATE_ARGS[@]}"} "$HERE/train_trigger02.py" \
+exec "${ACCELERATE_CMD[@]}" launch ${ACCELERATE_ARGS[@]+"${ACCELERATE_ARGS[@]}"} "$HERE/train_trigger02.py" \
   --pretrained_model_name_or_path "$MODEL_DIR" \
   --train_data_dir "$DATA_DIR" \
   --output_dir "$OUTPUT_DIR" \

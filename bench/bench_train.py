@@ -203,7 +203,8 @@ def ours(base: Path, data: Path, out: Path, batch: int, steps: int, precision: s
            "--learning_rate", str(UNET_LR), "--text_encoder_lr", str(TE_LR), "--token_learning_rate", str(TOKEN_LR),
            "--mixed_precision", precision, "--cache_latents", "--allow_tf32", "--num_validation_images", "0",
            "--eval_loss_images", "0", "--checkpointing_steps", str(10**6), "--dataloader_num_workers", "0",
-           "--new_tokens", ",".join(t for t, _ in TOKENS)]
+           "--new_tokens", ",".join(t for t, _ in TOKENS),
+           "--report_to", "none"]  # like the baseline loop, which logs nothing (tensorboard is the default)
     if checkpointing:
         cmd.append("--gradient_checkpointing")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

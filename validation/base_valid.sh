@@ -25,7 +25,8 @@ DTYPE="${DTYPE:-auto}"                # auto (fp16 on GPU, fp32 on CPU), fp32, f
 CLIP_MODEL="${CLIP_MODEL:-}"              # CLIP for the report's judge and score; empty: the OpenCV estimator
 CLIP_CHECKPOINT="${CLIP_CHECKPOINT:-}"
 
-PYTHON="${PYTHON:-python}"                    # the Python that has the project's requirements
+# PYTHON: the project's .venv, else your active environment; PYTHON=/path/to/python to choose.
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../launcher_env.sh"  # beside the real file, if this is a link
 DEVICE="${DEVICE:-auto}"                      # auto (each process's GPU, else CPU) or cpu
 # Flags for `accelerate launch`: empty = your `accelerate config`, else one process per GPU; see validation.sh.
 ACCELERATE_ARGS="${ACCELERATE_ARGS:-}"

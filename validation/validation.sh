@@ -33,7 +33,8 @@ CLIP_MODEL="${CLIP_MODEL:-}"              # e.g. ViT-B-32 (needs CLIP_CHECKPOINT
 CLIP_CHECKPOINT="${CLIP_CHECKPOINT:-}"    # e.g. ../Dataset_clustering_method/ViT-B-32-openai.pt
 
 # --- processes -------------------------------------------------------------------------------
-PYTHON="${PYTHON:-python}"                    # the Python that has the project's requirements
+# PYTHON: the project's .venv, else your active environment; PYTHON=/path/to/python to choose.
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../launcher_env.sh"  # beside the real file, if this is a link
 DEVICE="${DEVICE:-auto}"                      # auto (each process's GPU, else CPU) or cpu
 # Flags for `accelerate launch`: empty = your `accelerate config` file if there is one, else one
 # process per visible GPU. "--multi_gpu --num_processes 4": four GPUs. On a machine without a GPU (or

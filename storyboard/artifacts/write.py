@@ -94,18 +94,31 @@ def to_kohya(unet_state: Mapping, te_state: Mapping | None, alpha: float) -> dic
 
 
 def save_webui_lora(out_dir: Path, unet_state: Mapping, te_state: Mapping | None, rank: int, alpha: float,
-                    base_version: str, comment: str) -> Path:
+                    base_version: str, comment: str, name: str = WEBUI_LORA_FILE) -> list[Path]:
+    """The kohya-keyed LoRA as ``name`` (the file a user copies into the WebUI's or ComfyUI's
+    ``models/Lora``: its stem is the ``<lora:NAME:...>`` word), and the same bytes as
+    ``lora_webui.safetensors`` (a hard link where the file system has them, else a copy) for tools
+    that look for the fixed name. Returns the files written, the named one first."""
     metadata = {
         # What kohya sd-scripts writes and the WebUI / ComfyUI info panels show.
         "ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
         "ss_base_model_version": base_version, "ss_v2": str(base_version == "sd_v2"),
-        "ss_training_comment": comment, "format": "pt",
+        "ss_output_name": Path(name).stem, "ss_training_comment": comment, "format": "pt",
     }
-    path = out_dir / WEBUI_LORA_FILE
-    tmp = out_dir / f".{WEBUI_LORA_FILE}.tmp-{os.getpid()}"
+    path = out_dir / name
+    tmp = out_dir / f".{name}.tmp-{os.getpid()}"
     save_file(to_kohya(unet_state, te_state, alpha), str(tmp), metadata=metadata)
     os.replace(tmp, path)
-    return path
+    if name == WEBUI_LORA_FILE:
+        return [path]
+    alias, tmp = out_dir / WEBUI_LORA_FILE, out_dir / f".{WEBUI_LORA_FILE}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # no hard links here (some network and FAT file systems): a copy
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, alias)
+    return [path, alias]
 
 
 def save_embeddings(out_dir: Path, tokens: Sequence[Mapping], rows: torch.Tensor) -> list[Path]:

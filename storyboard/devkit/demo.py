@@ -192,9 +192,13 @@ def step_train(demo: Demo) -> Section:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     previews = sorted(out.rglob("*.png"))[-6:]
     embeddings = sorted((out / "embeddings").glob("*.safetensors"))
+    webui = manifest.get("files", {}).get("webui_lora", "lora_webui.safetensors")
     links = [("pytorch_lora_weights.safetensors (diffusers)", out / "pytorch_lora_weights.safetensors"),
-             ("lora_webui.safetensors (kohya / A1111 / ComfyUI)", out / "lora_webui.safetensors"),
+             (f"{webui} (kohya / A1111 / ComfyUI)", out / webui),
+             ("comfyui_workflow.json (load in ComfyUI)", out / "comfyui_workflow.json"),
              ("trigger_manifest.json", out / "trigger_manifest.json")]
+    logs = sorted((out / "logs").rglob("events.out.tfevents.*"))
+    links += [(f"tensorboard curves: tensorboard --logdir {out / 'logs'}", logs[-1])] if logs else []
     links += [(f"embeddings/{e.name}", e) for e in embeddings]
     training = manifest["training"]
     return Section("Trigger tokens + LoRA training",

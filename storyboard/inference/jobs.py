@@ -1,4 +1,5 @@
-"""Images to make, made: one ``Job`` per image, written atomically with the settings inside its PNG.
+"""Images to make, made: one ``Job`` per image, written atomically with the settings inside its PNG
+(for us, for the A1111 WebUI and for ComfyUI: ``storyboard.inference.pngmeta``, ``handoff``).
 
 ``run_jobs`` works with any loaded ``TriggerPipeline`` (``storyboard.inference.pipeline``); both
 ``inference_trigger.py`` and the validation run hand it their jobs.
@@ -14,6 +15,7 @@ from tqdm.auto import tqdm
 
 from storyboard.core.cli import progress
 from storyboard.core.records import atomic_write_bytes
+from storyboard.inference.handoff import comfyui_chunks, webui_fields
 from storyboard.inference.pngmeta import png_bytes
 from storyboard.inference.settings import Settings
 
@@ -56,7 +58,9 @@ def run_jobs(tp: TriggerPipeline, jobs: Sequence[Job], settings: Settings, batch
         for job, image in zip(batch, images):
             meta = {**job.record, **tp.metadata(job.prompt, job.negative_prompt, job.seed, settings, sampler),
                     **(extra_meta or {}), "file": job.output.name}
-            atomic_write_bytes(job.output, png_bytes(image, meta))
+            meta.update(webui_fields(meta, tp.checkpoint))
+            chunks = comfyui_chunks(meta, tp.checkpoint, tp.base)
+            atomic_write_bytes(job.output, png_bytes(image, meta, chunks))
             written.append(meta)
         bar.update(len(batch))
     bar.close()

@@ -1,21 +1,48 @@
 """What a prompt becomes: the trigger rules.
 
-``prepare_prompt``: ``--shot full`` / ``--shot 풀샷`` puts that shot's token and its words in front of
-a plain prompt; a prompt that already holds a trigger is left alone; a trigger the checkpoint did not
-train is an error listing those it did. On the bare base (``checkpoint=None``) each trigger is
-replaced by its plain words instead (``plain_prompt``), which is what ``validation/base_valid.sh``
-compares against, and what CLIP reads in the validation report.
+``plan_trigger`` reads the prompt as the user wrote it, in English or Korean: the shot it asks for
+comes from ``--shot`` (``full``, ``풀샷``, ``FS``, ``<fs_trg>``), a trigger already in the prompt, or the
+shot words in it, found with the vocabulary the tag stage uses (``full shot``, ``풀샷``, ``전신샷``,
+``FS``, ...). Two that disagree are one error; so is a shot whose trigger the checkpoint did not
+train (the error lists the ones it did). ``apply_trigger`` then puts the trigger (and the shot's
+words, when the prompt lacks them) in front of the English prompt, where training captions have it.
+A prompt holding a trained token outside the vocabulary (``--new_tokens <my_trg>``) is the user's own
+scheme and is left alone. On the bare base (``checkpoint=None``) each trigger is replaced by its
+plain words instead (``plain_prompt``), which is what ``validation/base_valid.sh`` compares against,
+and what CLIP reads in the validation report.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from storyboard.artifacts.read import Checkpoint
 from storyboard.core.cli import UserError
-from storyboard.core.vocabulary import Term, Vocabulary
+from storyboard.core.vocabulary import Term, TermMatch, Vocabulary
 
 TOKEN_RE = re.compile(r"<[^<>\s]+>")
+
+
+class UntrainedTriggerError(UserError):
+    """A prompt asks for a trigger the checkpoint did not train (validation skips such prompts)."""
+
+    def __init__(self, message: str, token: str):
+        super().__init__(message)
+        self.token = token
+
+
+@dataclass(frozen=True)
+class TriggerPlan:
+    """The shot a prompt asks for, and where that came from (``--shot``, ``trigger``, ``words``)."""
+
+    term: Term | None = None
+    source: str = ""
+    found: str = ""  # the spelling that named it (``풀샷``, ``full shot``, ``<fs_trg>``)
+
+    @property
+    def token(self) -> str | None:
+        return self.term.token if self.term else None
 
 
 def triggers_in(prompt: str, vocab: Vocabulary, extra: Iterable[str] = ()) -> list[str]:
@@ -66,30 +93,66 @@ def plain_prompt(prompt: str, vocab: Vocabulary, words: Mapping[str, str] | None
     return _dedupe_segments(TOKEN_RE.sub(replace, prompt))
 
 
-def prepare_prompt(prompt: str, shot: str | None, vocab: Vocabulary, checkpoint: Checkpoint | None) -> str:
-    """Apply the trigger rules (module doc) to one prompt."""
-    prompt = (prompt or "").strip()
+def _untrained(token: str, checkpoint: Checkpoint, why: str = "") -> UntrainedTriggerError:
+    listed = ", ".join(f"{t} ({checkpoint.initializers.get(t, '')})" for t in checkpoint.tokens) or "none"
+    message = f"{why}{token} was not trained by checkpoint {checkpoint.path}; it trained: {listed}"
+    return UntrainedTriggerError(message, token)
+
+
+def plan_trigger(prompt: str, shot: str | None, vocab: Vocabulary, checkpoint: Checkpoint | None) -> TriggerPlan:
+    """The shot ``prompt`` (as given, any language) asks for, checked (module doc). Raises
+    ``UserError`` for two shots that disagree and ``UntrainedTriggerError`` for one the checkpoint lacks."""
     trained = checkpoint.tokens if checkpoint else []
     present = triggers_in(prompt, vocab, trained)
+    own = [t for t in present if vocab.shot_for_token(t) is None]  # the user's own tokens
+    for token in present:
+        if checkpoint is not None and token not in trained:
+            raise _untrained(token, checkpoint)
+    matches = vocab.find(prompt, kind="shot_size")
+    named: dict[str, TermMatch] = {}
+    for m in matches:
+        named.setdefault(m.term.key, m)  # the first spelling of each shot size
     if shot:
         term = resolve_shot(shot, vocab)
-        if present:
-            if term.token not in present:
-                raise UserError(f"--shot {shot} asks for {term.token} but the prompt already holds "
-                                f"{', '.join(present)}; drop one of the two")
-        else:
-            others = {m.term.key for m in vocab.find(prompt, kind="shot_size")} - {term.key}
-            if others:
-                raise UserError(f"--shot {shot} ({term.name}) but the prompt names another shot size "
-                                f"({', '.join(sorted(others))}); drop one of the two")
-            has_words = any(m.term.key == term.key for m in vocab.find(prompt, kind="shot_size"))
-            prompt = _join(term.token, prompt) if has_words else _join(term.token, term.name, prompt)
-            present = [term.token]
+        tokens = [m.term.token for m in matches if m.text == m.term.token]
+        if tokens and term.token not in tokens:
+            raise UserError(f"--shot {shot} asks for {term.token} but the prompt already holds "
+                            f"{', '.join(dict.fromkeys(tokens))}; drop one of the two")
+        others = sorted(set(named) - {term.key})
+        if others:
+            raise UserError(f"--shot {shot} ({term.name}) but the prompt names another shot size "
+                            f"({', '.join(named[k].text for k in others)}); drop one of the two")
+        plan = TriggerPlan(term, "--shot", shot)
+    elif len(named) > 1:
+        raise UserError("the prompt names " + " and ".join(f"{m.text!r} ({m.term.name})" for m in named.values())
+                        + ": two shot sizes; keep one")
+    elif named and not own:
+        match = next(iter(named.values()))
+        plan = TriggerPlan(match.term, "trigger" if match.text == match.term.token else "words", match.text)
+    else:
+        return TriggerPlan()
+    if checkpoint is not None and plan.token not in trained:
+        why = "" if plan.source == "trigger" else f"{plan.found!r} asks for {plan.token}, but "
+        raise _untrained(plan.token, checkpoint, why) from None
+    return plan
+
+
+def apply_trigger(prompt: str, plan: TriggerPlan, vocab: Vocabulary, checkpoint: Checkpoint | None) -> str:
+    """The English prompt with the planned trigger in front (its words too when the prompt lacks
+    them); on the bare base the plain words instead of any trigger."""
+    prompt = (prompt or "").strip()
     if checkpoint is None:
+        if plan.term is not None and plan.source == "--shot":
+            has_words = any(m.term.key == plan.term.key for m in vocab.find(TOKEN_RE.sub(" ", prompt), "shot_size"))
+            prompt = prompt if has_words else _join(plan.term.name, prompt)
         return plain_prompt(prompt, vocab)
-    missing = [t for t in present if t not in trained]
-    if missing:
-        listed = ", ".join(f"{t} ({checkpoint.initializers.get(t, '')})" for t in trained) or "none"
-        raise UserError(f"{', '.join(dict.fromkeys(missing))} was not trained by checkpoint {checkpoint.path}; "
-                        f"it trained: {listed}")
-    return prompt
+    if plan.term is None or plan.token in prompt:
+        return prompt
+    has_words = any(m.term.key == plan.term.key for m in vocab.find(prompt, kind="shot_size"))
+    return _join(plan.token, prompt) if has_words else _join(plan.token, plan.term.name, prompt)
+
+
+def prepare_prompt(prompt: str, shot: str | None, vocab: Vocabulary, checkpoint: Checkpoint | None) -> str:
+    """Apply the trigger rules (module doc) to one English prompt."""
+    prompt = (prompt or "").strip()
+    return apply_trigger(prompt, plan_trigger(prompt, shot, vocab, checkpoint), vocab, checkpoint)

@@ -10,6 +10,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from storyboard.artifacts.samplers import BASE_SCHEDULER_LABELS as BASE_SCHEDULER_LABELS  # the base's own, by class
 from storyboard.core.cli import UserError
 from storyboard.core.runtime import add_dtype_argument
 
@@ -33,12 +34,6 @@ SCHEDULERS: dict[str, tuple[str, dict, str]] = {
     "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
     "deis": ("DEISMultistepScheduler", {}, "DEIS"),
     "lcm": ("LCMScheduler", {}, "LCM"),
-}
-# The base's own scheduler class -> A1111 label, for --scheduler default.
-BASE_SCHEDULER_LABELS = {
-    "PNDMScheduler": "PLMS", "DDIMScheduler": "DDIM", "EulerDiscreteScheduler": "Euler",
-    "EulerAncestralDiscreteScheduler": "Euler a", "DPMSolverMultistepScheduler": "DPM++ 2M",
-    "UniPCMultistepScheduler": "UniPC", "LMSDiscreteScheduler": "LMS", "HeunDiscreteScheduler": "Heun",
 }
 
 

@@ -38,7 +38,7 @@ from storyboard.core.vocabulary import Vocabulary, load_vocabulary
 from storyboard.inference.jobs import Job, run_jobs
 from storyboard.inference.pngmeta import read_png_metadata
 from storyboard.inference.prompt_files import read_validation_prompts
-from storyboard.inference.prompts import plain_prompt, prepare_prompt, triggers_in
+from storyboard.inference.prompts import UntrainedTriggerError, plain_prompt, prepare_prompt
 from storyboard.inference.report import report_from_args
 from storyboard.inference.settings import Settings, settings_from_args
 
@@ -119,11 +119,11 @@ def plan_column(name: str, ckpt: Checkpoint | None, records: Sequence[dict], set
         else:
             try:
                 prompt = prepare_prompt(record["prompt"], None, vocab, ckpt)
-            except UserError:
-                for token in triggers_in(record["prompt"], vocab, ckpt.tokens):
-                    if token not in ckpt.tokens:
-                        plan.skipped[token] = plan.skipped.get(token, 0) + 1
+            except UntrainedTriggerError as exc:  # this checkpoint's column skips the shots it did not train
+                plan.skipped[exc.token] = plan.skipped.get(exc.token, 0) + 1
                 continue
+            except UserError as exc:
+                raise UserError(f"validation prompt line {record.get('line', '?')} ({record['id']}): {exc}") from None
         negative = record.get("negative_prompt", settings.negative_prompt) or ""
         key = job_key(prompt, negative, int(record["seed"]), settings, model_hash, hashes, dtype)
         extra = {k: v for k, v in record.items() if k not in ("prompt", "negative_prompt", "seed")}

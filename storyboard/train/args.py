@@ -160,8 +160,11 @@ def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eval_loss_images", type=int, default=4,
                    help="images for the fixed-noise loss measured before and after training "
                         "(default %(default)s; 0: off)")
-    g.add_argument("--report_to", choices=REPORTERS, default="none",
-                   help="tensorboard / wandb (wandb reads WANDB_API_KEY from the environment) (default %(default)s)")
+    g.add_argument("--report_to", choices=REPORTERS, default="tensorboard",
+                   help="where the loss, learning rates and preview images go: tensorboard (event files in "
+                        "OUTPUT_DIR/logs; `tensorboard --logdir OUTPUT_DIR/logs`), wandb (reads WANDB_API_KEY from "
+                        "the environment; WANDB_MODE=offline keeps the run in OUTPUT_DIR/logs/wandb), all, or none "
+                        "(default %(default)s, as in the diffusers examples)")
     g.add_argument("--tracker_project_name", default="storyboard-trigger")
     # Hidden switches for the tests: simulate an interruption, or a diverging loss.
     g.add_argument("--debug_stop_after_step", type=int, default=None, help=argparse.SUPPRESS)

@@ -84,6 +84,16 @@ def make_accelerator(args, out: Path, precision: str) -> Accelerator:
     return accelerator
 
 
+def tracker_init_kwargs(args, out: Path) -> dict:
+    """Every tracker writes under ``--output_dir/--logging_dir``: tensorboard through accelerate's
+    ``logging_dir``, wandb (its offline runs, its media) through ``dir``, unless ``WANDB_DIR`` says
+    where."""
+    if args.report_to in ("wandb", "all") and not os.environ.get("WANDB_DIR"):
+        (out / args.logging_dir).mkdir(parents=True, exist_ok=True)
+        return {"wandb": {"dir": str(out / args.logging_dir)}}
+    return {}
+
+
 def quiet_logs(main: bool) -> None:
     """The libraries' bars off and their notices from warnings up (errors only on the other
     processes); our own log lines plain, on stderr."""
@@ -209,7 +219,8 @@ def train(args: argparse.Namespace, checked: CheckedInputs | None = None) -> Tra
         restore_rng_states(blob["rng"])
     if args.report_to != "none":
         accelerator.init_trackers(args.tracker_project_name,
-                                  config={k: v for k, v in res_cfg.items() if isinstance(v, (int, float, str, bool))})
+                                  config={k: v for k, v in res_cfg.items() if isinstance(v, (int, float, str, bool))},
+                                  init_kwargs=tracker_init_kwargs(args, out))
     if start_step == 0 and main:
         ctx.eval_before = fixed_noise_loss(ctx, dataset, args.eval_loss_images)
 

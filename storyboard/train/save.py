@@ -12,8 +12,17 @@ from pathlib import Path
 import torch
 
 from storyboard.artifacts import write
-from storyboard.artifacts.layout import LORA_FILE, MANIFEST_FORMAT, TEXT_ENCODER_DIR, WEBUI_LORA_FILE
-from storyboard.core.records import atomic_write
+from storyboard.artifacts.comfyui import WorkflowSettings, comfyui_prompt, write_workflow
+from storyboard.artifacts.layout import (
+    COMFYUI_WORKFLOW_FILE,
+    LORA_FILE,
+    MANIFEST_FORMAT,
+    TEXT_ENCODER_DIR,
+    WEBUI_LORA_FILE,
+    webui_lora_file,
+)
+from storyboard.artifacts.samplers import comfyui_sampler, label_for_class
+from storyboard.core.records import atomic_write, read_json_object_or_none
 from storyboard.train.context import RunContext, TrainResult
 from storyboard.train.data import epochs_seen
 from storyboard.train.preview import previews
@@ -33,9 +42,11 @@ def export_weights(ctx: RunContext, target: Path, step: int, final: bool) -> lis
                                        write.lora_metadata(models.te_lora_config) if te_state else None)]
     tokens = ctx.tokens_info
     comment = "trigger tokens: " + ", ".join(f"{t['token']} ({t['embedding_file']})" for t in tokens)
-    files.append(write.save_webui_lora(target, unet_state, te_state, args.rank, args.lora_alpha,
-                                       ctx.base_version, comment))
+    webui_name = webui_lora_file(run_name(ctx), None if final else step)
+    files += write.save_webui_lora(target, unet_state, te_state, args.rank, args.lora_alpha,
+                                   ctx.base_version, comment, name=webui_name)
     files += write.save_embeddings(target, tokens, rows)
+    files.append(write_workflow(target, comfyui_settings(ctx, webui_name)))
     if args.text_encoder_mode == "full":
         merged = merge_trigger_embedding(copy.deepcopy(te).float())
         write.save_full_text_encoder(target, merged, models.tokenizer)
@@ -45,6 +56,29 @@ def export_weights(ctx: RunContext, target: Path, step: int, final: bool) -> lis
     manifest = build_manifest(ctx, target, step, files, final)
     files.append(write.write_manifest(target, manifest))
     return files
+
+
+def run_name(ctx: RunContext) -> str:
+    """The run's name, as its LoRA file is named: the output folder's (``train_fs``)."""
+    return Path(ctx.args.output_dir).expanduser().resolve().name
+
+
+def comfyui_settings(ctx: RunContext, lora_name: str) -> WorkflowSettings:
+    """``comfyui_workflow.json``: the first trigger's shot prompt on the base with this LoRA, at the
+    inference defaults (30 steps, CFG 7.5, the base's own sampler, its native size, seed 0)."""
+    base = Path(ctx.base.path).expanduser().resolve()
+    ckpt_name = base.name if base.is_file() else f"{base.name}.safetensors"  # how ComfyUI lists a checkpoint
+    stems = {t["token"]: Path(t["embedding_file"]).stem for t in ctx.tokens_info}
+    first = ctx.tokens_info[0]
+    prompt = comfyui_prompt(", ".join([first["token"], first["initializer"], "a person"]), stems)
+    config = base / "scheduler" / "scheduler_config.json"
+    scheduler_class = (read_json_object_or_none(config) or {}).get("_class_name")  # a single file: SD's PLMS
+    sampler_name, scheduler = comfyui_sampler(label_for_class(scheduler_class) or "PLMS")
+    size = (ctx.base.sample_size or ctx.args.resolution // 8) * 8
+    return WorkflowSettings(
+        ckpt_name=ckpt_name, prompt=prompt, lora_name=lora_name, lora_scale=1.0, seed=0, steps=30, cfg=7.5,
+        sampler_name=sampler_name, scheduler=scheduler, width=size, height=size, filename_prefix=run_name(ctx),
+        prompt_title="shot prompt (trained: " + ", ".join(f"embedding:{s}" for s in stems.values()) + ")")
 
 
 def build_manifest(ctx: RunContext, target: Path, step: int, files: list[Path], final: bool) -> dict:
@@ -67,7 +101,8 @@ def build_manifest(ctx: RunContext, target: Path, step: int, files: list[Path], 
                  "dropout": args.lora_dropout, "unet_targets": sorted(ctx.models.unet_lora_config.target_modules),
                  "text_encoder_targets": sorted(ctx.models.te_lora_config.target_modules)
                  if ctx.models.te_lora_config else []},
-        "files": {"diffusers_lora": LORA_FILE, "webui_lora": WEBUI_LORA_FILE,
+        "files": {"diffusers_lora": LORA_FILE, "webui_lora": webui_lora_file(run_name(ctx), None if final else step),
+                  "webui_lora_alias": WEBUI_LORA_FILE, "comfyui_workflow": COMFYUI_WORKFLOW_FILE,
                   "embeddings": [t["embedding_file"] for t in ctx.tokens_info],
                   "text_encoder": TEXT_ENCODER_DIR if args.text_encoder_mode == "full" else None,
                   "sha256": write.files_table(target, [f for f in files if f.suffix == ".safetensors"])},

@@ -25,6 +25,7 @@ from support import REPO, run_command, user_env
 from trigger_helpers import INFERENCE, copy_checkpoint, edit_manifest, pixels, seed_root
 
 SEED_PROMPT = "<fs_trg>, full shot, Eye level, outdoor"
+WEBUI_SEED_PROMPT = "fs_trg, full shot, Eye level, outdoor, <lora:train_fs:1>"  # the same for the WebUI's paste
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,8 @@ def test_parameters_text_is_the_webui_form_and_parses_back():
                                "Model hash: 0123456789")
     back = parse_parameters(text)
     assert back["Prompt"] == meta["prompt"] and back["Negative prompt"] == "blurry, lowres"
-    assert (back["Steps"], back["Seed"], back["Size"], back["CFG scale"]) == ("30", "1234", "512x768", "7.5")
+    assert (back["Steps"], back["Seed"], back["Size-1"], back["Size-2"], back["CFG scale"]) == (
+        "30", "1234", "512", "768", "7.5")
     assert back["Lora hashes"] == "train_fs: abcdef012345"
     assert back["TI hashes"] == "fs_trg: aaaaaaaaaaaa, ms_trg: bbbbbbbbbbbb"
     no_negative = parse_parameters(_meta(negative_prompt="")["parameters"])
@@ -137,13 +139,14 @@ def test_seed_command_line_verbatim(tmp_path, tiny_models, trained_checkpoint):
     assert proc.returncode == 0, proc.stderr
     png = root / "model_output" / "sample.png"
     params = parse_parameters(read_png_parameters(png))
-    assert params["Prompt"] == SEED_PROMPT
-    assert (params["Steps"], params["Seed"], params["Size"]) == ("30", "0", "64x64")  # native size of the tiny base
+    assert params["Prompt"] == WEBUI_SEED_PROMPT  # the WebUI's form; our exact prompt is in the sidecar
+    assert (params["Steps"], params["Seed"], params["Size-1"], params["Size-2"]) == ("30", "0", "64", "64")  # native
     assert params["Lora hashes"].startswith("train_fs: ")
     assert params["TI hashes"].startswith("ms_trg: ") or params["TI hashes"].startswith("fs_trg: ")
     sidecar = [json.loads(line) for line in (root / "model_output" / "sample.jsonl").read_text().splitlines()]
     assert sidecar == [read_png_metadata(png)]
     assert sidecar[0]["file"] == "sample.png" and sidecar[0]["parameters"] == read_png_parameters(png)
+    assert sidecar[0]["prompt"] == sidecar[0]["prompt_given"] == SEED_PROMPT
 
 
 def test_same_image_as_plain_diffusers_and_reproducible(tmp_path, tiny_models, trained_checkpoint):
@@ -171,11 +174,12 @@ def test_same_image_as_plain_diffusers_and_reproducible(tmp_path, tiny_models, t
                  generator=torch.Generator("cpu").manual_seed(3)).images[0]
     diff = np.abs(pixels(tmp_path / "ours.png") - np.asarray(plain, dtype=np.int16)).max()
     assert diff <= 2, diff  # fusing changes float rounding only
-    # remake from the metadata alone
+    # remake from the metadata alone: the settings as the WebUI reads them, our exact prompt from the JSON
     again = parse_parameters(read_png_parameters(tmp_path / "ours.png"))
     s2 = Settings(steps=int(again["Steps"]), guidance=float(again["CFG scale"]),
-                  width=int(again["Size"].split("x")[0]), height=int(again["Size"].split("x")[1]))
-    run_jobs(tp, [Job(again["Prompt"], again["Negative prompt"], int(again["Seed"]), tmp_path / "again.png")], s2,
+                  width=int(again["Size-1"]), height=int(again["Size-2"]))
+    prompt = read_png_metadata(tmp_path / "ours.png")["prompt"]
+    run_jobs(tp, [Job(prompt, again["Negative prompt"], int(again["Seed"]), tmp_path / "again.png")], s2,
              show_progress=False)
     assert np.array_equal(pixels(tmp_path / "ours.png"), pixels(tmp_path / "again.png"))
     assert meta["seed"] == 3
@@ -300,4 +304,4 @@ def test_launcher_variables_and_flags(tmp_path, tiny_models, trained_checkpoint)
     proc = run_command(["bash", REPO / "inference_trigger2.sh", "--steps", "3"], cwd=root, env=env)
     assert proc.returncode == 0, proc.stderr
     params = parse_parameters(read_png_parameters(root / "model_output" / "launcher.png"))
-    assert (params["Prompt"], params["Seed"], params["Steps"]) == (SEED_PROMPT, "7", "3")
+    assert (params["Prompt"], params["Seed"], params["Steps"]) == (WEBUI_SEED_PROMPT, "7", "3")

@@ -144,9 +144,11 @@ def test_seed_command_verbatim_through_the_launcher(work):
     assert "Accelerate` version" in proc.stderr or "accelerate environment" in proc.stderr  # config logged
     out = work / "model_sd_weight" / "train_fs"
     manifest = json.loads((out / "trigger_manifest.json").read_text())
-    for name in ("pytorch_lora_weights.safetensors", "lora_webui.safetensors", "embeddings/fs_trg.safetensors",
-                 "embeddings/cu_trg.safetensors", "checkpoint-2/pytorch_lora_weights.safetensors"):
+    for name in ("pytorch_lora_weights.safetensors", "lora_webui.safetensors", "train_fs.safetensors",
+                 "comfyui_workflow.json", "embeddings/fs_trg.safetensors", "embeddings/cu_trg.safetensors",
+                 "checkpoint-2/pytorch_lora_weights.safetensors"):
         assert (out / name).is_file(), name
+    assert list((out / "logs").rglob("events.out.tfevents.*"))  # the launcher reports to tensorboard
     assert manifest["reload_check"]["ok"]
     hyper = manifest["hyperparameters"]
     # the launcher's variables arrive, and a flag on the command line wins over them

@@ -4,6 +4,7 @@ the manifest says what users and inference need."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -64,6 +65,27 @@ def test_every_output_exists(run):
     assert (out / "checkpoint-3" / "pytorch_lora_weights.safetensors").is_file()  # a checkpoint is a usable output
     assert sorted(p.name for p in (out / "validation" / "step-000006").glob("*.png")) == ["p00_00.png", "p01_00.png"]
     assert not list(out.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_webui_lora_is_named_after_the_run(run):
+    """The file a user copies into the WebUI's or ComfyUI's models/Lora is named after the run (its stem is
+    the <lora:NAME:...> word), kohya's way for checkpoints; lora_webui.safetensors is the same bytes."""
+    out = run["out"]
+    named, alias = out / "train_fs.safetensors", out / "lora_webui.safetensors"
+    assert named.read_bytes() == alias.read_bytes()
+    assert named.stat().st_ino == alias.stat().st_ino  # a hard link here, not a second copy
+    step = out / "checkpoint-3" / "train_fs-step00000003.safetensors"
+    assert step.is_file() and not (out / "checkpoint-3" / "train_fs.safetensors").exists()
+    manifest = json.loads((out / "trigger_manifest.json").read_text())
+    assert manifest["files"]["webui_lora"] == "train_fs.safetensors"
+    assert manifest["files"]["comfyui_workflow"] == "comfyui_workflow.json"
+    assert set(manifest["files"]["sha256"]) >= {"train_fs.safetensors", "lora_webui.safetensors"}
+    from safetensors import safe_open
+
+    with safe_open(str(named), "pt") as f:
+        assert f.metadata()["ss_output_name"] == "train_fs"
+    workflow = json.loads((out / "checkpoint-3" / "comfyui_workflow.json").read_text())
+    assert workflow["10"]["inputs"]["lora_name"] == "train_fs-step00000003.safetensors"
 
 
 def test_manifest_records_what_inference_needs(run):
@@ -225,8 +247,10 @@ def test_bf16_saves_every_file_in_fp32_like_the_fp32_run(run, bf16_run):
     assert set(bf16) == set(fp32) and "checkpoint-3/training_state/trainable.safetensors" in bf16
     assert bf16 == fp32
     assert {dtype for tensors in bf16.values() for dtype, _ in tensors.values()} == {torch.float32}
-    others = lambda out: sorted(str(p.relative_to(out)) for p in out.rglob("*")
-                                if p.is_file() and p.suffix != ".safetensors")
+    # tensorboard names its files and folders after the time and the process: the numbers are masked
+    others = lambda out: sorted(re.sub(r"\d+(\.\d+)?", "N", rel) if rel.startswith("logs/storyboard-trigger/") else rel
+                                for rel in (str(p.relative_to(out)) for p in out.rglob("*")
+                                            if p.is_file() and p.suffix != ".safetensors"))
     assert others(bf16_run["out"]) == others(run["out"])  # manifests, loss log, previews, training state
     assert set(bf16_run["manifest"]["files"]["sha256"]) == set(json.loads(
         (run["out"] / "trigger_manifest.json").read_text())["files"]["sha256"])

@@ -95,3 +95,41 @@ def load_safetensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def wandb_records(path: Path):
+    """The records of a wandb run file (``run-<id>.wandb``), read with wandb's own protobuf schema. The
+    file is a LevelDB-style log (github.com/google/leveldb, doc/log_format.md): a 7-byte header
+    (``:W&B``, magic, version), then 32 KiB blocks of records, each framed by a 7-byte header (CRC,
+    length, type: 1 full, 2 first, 3 middle, 4 last); a block's last < 7 bytes are padding."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B", data[:8]
+    pos, parts = 7, []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        parts.append(data[pos + 7:pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(parts))
+            parts = []
+            yield record
+        elif kind == 0:
+            parts = []
+
+
+def wandb_history(path: Path) -> list[dict]:
+    """The history rows (``run.log`` calls) of a wandb run file: ``{key: JSON-decoded value}``."""
+    rows = []
+    for record in wandb_records(path):
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item})
+    return rows
