@@ -10,6 +10,7 @@ import argparse
 import os
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -78,6 +79,16 @@ def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
 _NUMBER_CELL = re.compile(r"^(-|[-+]?[\d.,]+(e[-+]?\d+)?\s*(%|x|×|s|ms|[KMG]i?B|/s)?)$", re.IGNORECASE)
 
 
+def display_width(text: str) -> int:
+    """Columns a terminal gives ``text``: Korean (and other East Asian wide) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(cell: str, width: int, right: bool) -> str:
+    fill = " " * (width - display_width(cell))
+    return fill + cell if right else cell + fill
+
+
 def format_table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
     """A plain fixed-width table: columns of numbers right-aligned, any other column (and the first)
     left-aligned, so a key/value table with long text values stays readable."""
@@ -85,12 +96,12 @@ def format_table(rows: Sequence[Sequence[object]], header: Sequence[str] | None 
     all_rows += [list(map(str, row)) for row in rows]
     if not all_rows:
         return ""
-    widths = [max(len(row[i]) for row in all_rows if i < len(row)) for i in range(len(all_rows[0]))]
+    widths = [max(display_width(row[i]) for row in all_rows if i < len(row)) for i in range(len(all_rows[0]))]
     body = all_rows[1:] if header else all_rows
     numeric = [i > 0 and all(_NUMBER_CELL.match(row[i]) for row in body if i < len(row)) for i in range(len(widths))]
     lines = []
     for n, row in enumerate(all_rows):
-        cells = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)]
+        cells = [_pad(c, w, right=num) for c, w, num in zip(row, widths, numeric)]
         lines.append("  ".join(cells).rstrip())
         if header and n == 0:
             lines.append("  ".join("-" * w for w in widths))
