@@ -143,9 +143,10 @@ def _read_json(path: Path) -> dict:
 # --------------------------------------------------------------------------------------------
 def resolve_base(path: str | os.PathLike, *, config: str | os.PathLike | None = None,
                  prediction_type: str | None = None, families: tuple[str, ...] = SD_FAMILIES,
-                 flag: str = "--base-model") -> BaseModel:
+                 flag: str = "--base-model", config_flag: str = "--base-config") -> BaseModel:
     """Check ``path`` (a diffusers folder or one checkpoint file) and say what it is; every problem
-    is one ``UserError`` naming ``flag``. ``families`` are the ones the caller can run."""
+    is one ``UserError`` naming ``flag`` (and ``config_flag`` for ``config``). ``families`` are the
+    ones the caller can run."""
     path = Path(path).expanduser()
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise UserError(f"--prediction-type {prediction_type!r}: choose epsilon or v_prediction")
@@ -154,14 +155,14 @@ def resolve_base(path: str | os.PathLike, *, config: str | os.PathLike | None = 
                         f"/ .ckpt checkpoint file)")
     if path.is_dir():
         if config:
-            raise UserError(f"--base-config is for a single-file base; {flag} {path} is a folder with its own configs")
+            raise UserError(f"{config_flag} is for a single-file base; {flag} {path} is a folder with its own configs")
         base = _resolve_folder(path, flag, prediction_type)
         _check_family(base.family, families, flag, path)
         return base
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise UserError(f"{flag} {path} is a {path.suffix or 'suffix-less'} file; a base model is a diffusers folder "
                         f"or one {' / '.join(SINGLE_FILE_SUFFIXES)} checkpoint")
-    return _resolve_file(path, config, prediction_type, families, flag)
+    return _resolve_file(path, config, prediction_type, families, flag, config_flag)
 
 
 def _check_family(family: str, families: tuple[str, ...], flag: str, path: Path) -> None:
@@ -193,17 +194,17 @@ def _resolve_folder(path: Path, flag: str, prediction_type: str | None) -> BaseM
 
 
 def _resolve_file(path: Path, config: str | os.PathLike | None, prediction_type: str | None,
-                  families: tuple[str, ...], flag: str) -> BaseModel:
+                  families: tuple[str, ...], flag: str, config_flag: str) -> BaseModel:
     keys = read_file_keys(path)
     family, family_evidence = detect_family(keys)
     _check_family(family, families, flag, path)
     evidence = {"family": family_evidence}
     if config:
         config_dir = Path(config).expanduser()
-        _check_config_folder(config_dir, family)
+        _check_config_folder(config_dir, family, config_flag)
         own = str(_read_json(config_dir / "scheduler" / "scheduler_config.json").get("prediction_type", EPSILON))
         prediction = prediction_type or own
-        evidence["prediction"] = "--prediction-type" if prediction_type else f"--base-config {config_dir}"
+        evidence["prediction"] = "--prediction-type" if prediction_type else f"{config_flag} {config_dir}"
         base = BaseModel(path, SINGLE_FILE, family, prediction, config_dir, str(config_dir), evidence, own)
     else:
         prediction, why = detect_prediction(keys, family, prediction_type)
@@ -212,22 +213,22 @@ def _resolve_file(path: Path, config: str | os.PathLike | None, prediction_type:
         own = str(_read_json(CONFIGS_DIR / name / "scheduler" / "scheduler_config.json")["prediction_type"])
         base = BaseModel(path, SINGLE_FILE, family, prediction, CONFIGS_DIR / name, f"storyboard:{name}", evidence,
                          own)
-    check_shapes(keys, base)
+    check_shapes(keys, base, config_flag)
     return base
 
 
-def _check_config_folder(folder: Path, family: str) -> None:
+def _check_config_folder(folder: Path, family: str, flag: str) -> None:
     """``--base-config``: a diffusers folder with the configs (and tokenizer) of the file's family."""
     if not (folder / "model_index.json").is_file():
-        raise UserError(f"--base-config {folder} is not a diffusers folder (no model_index.json)")
+        raise UserError(f"{flag} {folder} is not a diffusers folder (no model_index.json)")
     parts = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] + (
         ["text_encoder_2", "tokenizer_2"] if family == "sdxl" else [])
     missing = [p for p in parts if not (folder / p).is_dir()]
     if missing:
-        raise UserError(f"--base-config {folder} lacks {', '.join(p + '/' for p in missing)} (a "
+        raise UserError(f"{flag} {folder} lacks {', '.join(p + '/' for p in missing)} (a "
                         f"{FAMILY_LABELS[family]} checkpoint needs them)")
     if family != "sdxl" and (folder / "text_encoder_2").is_dir():
-        raise UserError(f"--base-config {folder} describes an SDXL model, but the file is {FAMILY_LABELS[family]}")
+        raise UserError(f"{flag} {folder} describes an SDXL model, but the file is {FAMILY_LABELS[family]}")
 
 
 def _text_parts(family: str) -> list[tuple[str, str, str]]:
@@ -242,7 +243,7 @@ def _text_parts(family: str) -> list[tuple[str, str, str]]:
             ("text_encoder_2", f"{SDXL_TEXT_2}token_embedding.weight", f"{SDXL_TEXT_2}transformer.resblocks.")]
 
 
-def check_shapes(keys: FileKeys, base: BaseModel) -> None:
+def check_shapes(keys: FileKeys, base: BaseModel, config_flag: str = "--base-config") -> None:
     """The file's UNet, VAE and text encoders have the widths (and the text encoders at least the
     layers) the configuration builds; else one line naming the first that differs."""
     unet, vae = base.config("unet"), base.config("vae")
@@ -261,7 +262,7 @@ def check_shapes(keys: FileKeys, base: BaseModel) -> None:
     for what, found, wanted in checks:
         if found != wanted:
             raise UserError(f"{base.path}: its {what} is {found}, the {base.config_name} configuration's "
-                            f"{wanted}: not a standard-size {base.label} checkpoint; pass --base-config with a "
+                            f"{wanted}: not a standard-size {base.label} checkpoint; pass {config_flag} with a "
                             f"diffusers folder describing it")
 
 

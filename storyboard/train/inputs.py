@@ -51,7 +51,8 @@ def check_base_model(path: str | os.PathLike, config: str | os.PathLike | None =
         raise UserError(f"{flag} {path} not found (this trainer works offline: give a local diffusers folder or "
                         ".safetensors / .ckpt file)")
     if folder.is_file():
-        base = resolve_base(folder, config=config, prediction_type=prediction_type, families=SD_FAMILIES, flag=flag)
+        base = resolve_base(folder, config=config, prediction_type=prediction_type, families=SD_FAMILIES, flag=flag,
+                            config_flag="--base_config")
         unet, text = base.config("unet"), base.config("text_encoder")
         return BaseModelInfo(folder, base.pipeline_class, base.prediction_type, unet["cross_attention_dim"],
                              text["hidden_size"], unet.get("sample_size"), base)
