@@ -132,13 +132,14 @@ def check_settings(s: LineartSettings) -> LineartSettings:
         needed.append(("annotators", s.annotators, "--annotators", "controlnet_aux annotator folder "
                        "(sk_model.pth, sk_model2.pth, netG.pth)"))
     if s.uses("sdxl"):
-        fingerprints["base_model"] = base_model_fingerprint(s)
-        needed.append(("controlnet", s.controlnet, "--controlnet", "SDXL ControlNet (lineart) folder"))
+        needed += [("base_model", s.base_model, "--base-model", "SDXL base (a diffusers folder or one checkpoint "
+                    "file)"), ("controlnet", s.controlnet, "--controlnet", "SDXL ControlNet (lineart) folder")]
+    hint = "; --backend xdog or canny need no weights" if s.backend in MODEL_BACKENDS else ""
     for name, path, flag, what in needed:
-        if not path or not Path(path).is_dir():
-            hint = "; --backend xdog or canny need no weights" if s.backend in MODEL_BACKENDS else ""
+        a_base_file = name == "base_model" and bool(path) and Path(path).is_file()
+        if not a_base_file and (not path or not Path(path).is_dir()):
             raise UserError(f"{flag} {path}: not a folder; the {s.backend} backend needs a local {what}{hint}")
-        fingerprints[name] = folder_fingerprint(Path(path))
+        fingerprints[name] = base_model_fingerprint(s) if name == "base_model" else folder_fingerprint(Path(path))
     return LineartSettings(**{**asdict(s), "fingerprints": fingerprints})
 
 
@@ -146,8 +147,6 @@ def base_model_fingerprint(s: LineartSettings) -> str:
     """The SDXL base checked (a folder, or one checkpoint file whose family is detected from its keys)
     and fingerprinted for the resume key: a folder's names, sizes and JSON; a file's size, first and
     last MiB (hashing gigabytes on every run would cost more than the check saves)."""
-    if not s.base_model:
-        raise UserError("--base-model: the sdxl-controlnet backend needs a local SDXL base")
     base = resolve_base(s.base_model, config=s.base_config, families=("sdxl",), flag="--base-model")
     if not base.is_file:
         return folder_fingerprint(base.path)
