@@ -30,11 +30,12 @@ def tiny_shipped_configs(tiny_models: Path, tmp_path: Path, monkeypatch: pytest.
     root = tmp_path / "base_configs"
     shutil.copytree(base_model.CONFIGS_DIR, root)
     for name, (_, config, _) in TINY.items():
-        for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            source = tiny_models / name / part / "config.json"
-            if source.is_file():
-                value = json.loads(source.read_text(encoding="utf-8"))
-                (root / config / part / "config.json").write_text(json.dumps(value), encoding="utf-8")
+        for target in {config, "sd2"} if config == "sd2_v" else {config}:  # SD 2.x: epsilon and v alike
+            for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+                source = tiny_models / name / part / "config.json"
+                if source.is_file():
+                    value = json.loads(source.read_text(encoding="utf-8"))
+                    (root / target / part / "config.json").write_text(json.dumps(value), encoding="utf-8")
     monkeypatch.setattr(base_model, "CONFIGS_DIR", root)
     monkeypatch.setattr(base_load, "_config_dirs", {})  # built tokenizers are per configuration folder
     return root
