@@ -16,7 +16,7 @@ from storyboard.core.cli import run_main
 from storyboard.train import run
 from storyboard.train.args import build_parser
 
-PRETRAINED_MODEL = "./model_sd"  # base Stable Diffusion diffusers folder
+PRETRAINED_MODEL = "./model_sd"  # base SD 1.x/2.x: a diffusers folder or one .safetensors / .ckpt file
 TRAIN_DATA_DIR = "./Dataset_fin"  # images + metadata.jsonl (file_name, text starting with a trigger token)
 OUTPUT_DIR = "./model_sd_weight/train_fs"  # LoRA, embeddings, manifest, checkpoints, previews
 

@@ -33,7 +33,8 @@ OUTPUT = None  # None = the metadata file itself, rewritten with lineart_file
 OUT_DIR = "lineart"  # folder inside --data-dir for the line-art images, rejects.jsonl and run.json
 BACKEND = "sdxl-controlnet"  # xdog | canny | lineart | lineart_anime | sdxl-controlnet (the seed's)
 ANNOTATORS = "../annotators"  # controlnet_aux folder: sk_model.pth, sk_model2.pth (lineart), netG.pth (anime)
-BASE_MODEL = "../model_sdxl"  # SDXL base, diffusers layout
+BASE_MODEL = "../model_sdxl"  # SDXL base: a diffusers folder or one .safetensors / .ckpt file (WebUI style)
+BASE_CONFIG = None  # only for a single-file base of a non-standard size: a diffusers folder with its configs
 CONTROLNET = "../controlnet_lineart_sdxl"  # SDXL ControlNet trained on lineart, diffusers layout
 DETECTOR = "lineart"  # control image for sdxl-controlnet: lineart | lineart_anime | xdog | canny
 SIZE = None  # output side; None = the finalized images' size (1024)
@@ -65,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--detect-resolution", type=int, default=DETECT_RESOLUTION, help="annotator input size")
     group.add_argument("--coarse", action="store_true", help="lineart: use the coarse model (sk_model2.pth)")
     group = parser.add_argument_group("sdxl-controlnet")
-    group.add_argument("--base-model", type=Path, default=Path(BASE_MODEL), help="SDXL base folder")
+    group.add_argument("--base-model", type=Path, default=Path(BASE_MODEL),
+                       help="SDXL base: a diffusers folder or one .safetensors / .ckpt checkpoint file")
+    group.add_argument("--base-config", type=Path, default=Path(BASE_CONFIG) if BASE_CONFIG else None,
+                       help="for a single-file base of a non-standard size: a diffusers folder with its configs and "
+                            "tokenizers (default: the SDXL configuration shipped with the pipeline)")
     group.add_argument("--controlnet", type=Path, default=Path(CONTROLNET), help="SDXL ControlNet-lineart folder")
     group.add_argument("--detector", choices=DETECTORS, default=DETECTOR, help="what makes the control image")
     group.add_argument("--prompt", default=DEFAULT_PROMPT, help="clean-line-art prompt")
@@ -91,7 +96,8 @@ def main(argv=None) -> int:
     settings = LineartSettings(
         backend=args.backend, size=args.size, detector=args.detector, detect_resolution=args.detect_resolution,
         coarse=args.coarse, annotators=str(args.annotators), base_model=str(args.base_model),
-        controlnet=str(args.controlnet), prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+        base_config=str(args.base_config) if args.base_config else None, controlnet=str(args.controlnet),
+        prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
         guidance_scale=args.guidance_scale, controlnet_scale=args.controlnet_scale, seed=args.seed,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     config = {"data_dir": str(args.data_dir), "metadata": str(metadata), "output": str(output)}

@@ -64,13 +64,13 @@ def build_checkpoint(base: Path, out: Path, seed: int) -> Path:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from storyboard.artifacts import write
+    from storyboard.artifacts.base_model import base_fingerprint
     from storyboard.artifacts.layout import (
         MANIFEST_FORMAT,
         TEXT_ENCODER_TARGETS,
         UNET_ATTENTION_TARGETS,
         embedding_file,
     )
-    from storyboard.artifacts.read import base_fingerprint
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")

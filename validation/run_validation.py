@@ -25,7 +25,7 @@ from storyboard.inference.settings import add_model_arguments, add_sampling_argu
 from storyboard.inference.validate import preflight, run_validation
 
 HERE = Path(__file__).resolve().parent
-BASE_MODEL = HERE.parent / "model_sd"  # base Stable Diffusion diffusers folder
+BASE_MODEL = HERE.parent / "model_sd"  # base SD 1.x/2.x: a diffusers folder or one .safetensors / .ckpt file
 CHECKPOINTS = [HERE.parent / "model_sd_weight" / "train_fs"]  # training output folders, one column each
 PROMPTS = HERE / "validation.jsonl"  # the validation prompts (make_validation_jsonl.py)
 OUTPUT_DIR = HERE / "output"  # images under OUTPUT_DIR/<checkpoint>/ and OUTPUT_DIR/base/, report under report/

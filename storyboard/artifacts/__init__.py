@@ -26,9 +26,16 @@ In ``--output_dir`` (and in every ``checkpoint-N/``):
 
 The modules, lowest first (this package sits just above ``core``; it never imports a stage):
 
+* ``base_file``   one original-layout checkpoint file: its tensor names read (safetensors header, or
+                  ``torch.load(..., weights_only=True)`` for a ``.ckpt``), its family and prediction
+                  type detected;
+* ``base_model``  the base, a diffusers folder or one checkpoint file, checked and described
+                  (``resolve_base``), with its configuration (``base_configs/``: SD 1.x, SD 2.x epsilon
+                  and v-prediction, SDXL) and fingerprint;
+* ``base_load``   a resolved base into a diffusers pipeline, offline (``from_pretrained`` /
+                  ``from_single_file`` with a local ``config``);
 * ``layout``  the file names above and the LoRA's target layers;
-* ``read``    a folder read and checked without loading a model (``read_checkpoint``), the base
-              model's fingerprint, the base-folder check;
+* ``read``    a folder read and checked without loading a model (``read_checkpoint``);
 * ``checks``  whether a folder's tokens fit a base (tokenizer size, existing tokens, embedding width);
 * ``load``    a base + a folder into a diffusers pipeline with the plain calls a user makes;
 * ``write``   the trainer's writers and the reload check (every file back through plain diffusers).

@@ -2,8 +2,8 @@
 
 A folder trained on one base and loaded on another fails late and obscurely inside diffusers (a
 token that already exists, a table of the wrong size, an embedding of the wrong width); here each
-of those is one ``UserError`` naming both folders. Reads the base's tokenizer (transformers) and the
-embedding files' headers (safetensors), no weights.
+of those is one ``UserError`` naming both. Reads the base's tokenizer (transformers; for a single-file
+base the one its configuration builds) and the embedding files' headers (safetensors), no weights.
 """
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from safetensors import safe_open
-from transformers import CLIPTokenizer
 
+from storyboard.artifacts.base_load import base_tokenizer
+from storyboard.artifacts.base_model import BaseModel
 from storyboard.artifacts.read import Checkpoint
 from storyboard.core.cli import UserError
 
 
-def check_tokens(ckpt: Checkpoint, base: Path) -> None:
+def check_tokens(ckpt: Checkpoint, base_model: BaseModel) -> None:
     """Refuse a checkpoint whose tokens do not fit the base's tokenizer and text encoder, before loading."""
-    tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    base = base_model.path
+    tokenizer = base_tokenizer(base_model)
     base_len = len(tokenizer)
     existing = [t for t in ckpt.tokens if t in tokenizer.get_vocab()]
     if existing:
@@ -35,7 +37,7 @@ def check_tokens(ckpt: Checkpoint, base: Path) -> None:
         raise UserError(f"tokenizer size mismatch: checkpoint {ckpt.path} was trained on a base tokenizer of {was} "
                         f"tokens (+ {len(ckpt.tokens)} trigger tokens), but {base} has {base_len}; "
                         f"use the base model it was trained on")
-    te_config = json.loads((base / "text_encoder" / "config.json").read_text(encoding="utf-8"))
+    te_config = base_model.config("text_encoder")
     width = te_config.get("hidden_size") or te_config.get("text_config", {}).get("hidden_size")
     for file in ckpt.embeddings.values():
         if file is not None and width and embedding_width(file) != width:

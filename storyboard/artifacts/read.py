@@ -1,9 +1,9 @@
-"""A trained folder read and checked before any model is loaded, and the base model's fingerprint.
+"""A trained folder read and checked before any model is loaded.
 
 ``read_checkpoint(path)`` reads the manifest and finds every file it names: a missing, foreign or
-incomplete folder is a ``UserError`` (one line). ``base_fingerprint(base)`` is the identity of a base
-model folder; the trainer records it in the manifest and inference compares it with the base it is
-given. Only JSON files and file hashes are read here (no torch).
+incomplete folder is a ``UserError`` (one line). ``manifest_fingerprint`` is the base fingerprint the
+trainer recorded (``storyboard.artifacts.base_model.base_fingerprint``), which inference compares with
+the base it is given. Only JSON files and file hashes are read here (no torch).
 """
 from __future__ import annotations
 
@@ -124,80 +124,3 @@ def read_checkpoint(path: str | os.PathLike, vocab: Vocabulary | None = None) ->
         raise UserError(f"{path} holds neither {LORA_FILE} nor trigger embeddings")
     return Checkpoint(path=path, name=path.name, manifest=manifest, lora_file=lora, embeddings=embeddings,  # type: ignore[arg-type]
                       initializers=initializers, text_encoder_dir=te_dir, tokenizer_dir=tok_dir)
-
-
-# --------------------------------------------------------------------------------------------
-# The base model folder
-# --------------------------------------------------------------------------------------------
-def check_base_folder(base: str | os.PathLike) -> Path:
-    """A diffusers Stable Diffusion 1.x/2.x folder, or a ``UserError`` saying what it is instead."""
-    base = Path(base).expanduser()
-    if not base.exists():
-        raise UserError(f"base model folder not found: {base}")
-    index = base / "model_index.json"
-    if not index.is_file():
-        raise UserError(f"{base} is not a diffusers model folder (no model_index.json)")
-    try:
-        cls = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise UserError(f"{index} is not valid JSON") from None
-    if "XL" in cls:
-        raise UserError(f"{base} is an SDXL model ({cls}); this pipeline handles Stable Diffusion 1.x / 2.x")
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        if not (base / sub).is_dir():
-            raise UserError(f"{base} is not a Stable Diffusion folder: no {sub}/")
-    return base
-
-
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "_diffusers_version", "transformers_version", "architectures",
-                         "dtype", "torch_dtype", "_commit_hash"}
-
-
-def _weight_file(folder: Path) -> Path | None:
-    """The component's main (non-variant) weight file, else any."""
-    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
-                 "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return folder / name
-    files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin"))
-    return files[0] if files else None
-
-
-def _sample_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's size, first and last MiB: cheap on multi-GB weights, still content-based."""
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    h.update(str(size).encode())
-    with open(path, "rb") as fh:
-        h.update(fh.read(chunk))
-        if size > chunk:
-            fh.seek(max(size - chunk, chunk))
-            h.update(fh.read(chunk))
-    return h.hexdigest()
-
-
-def base_fingerprint(folder: str | os.PathLike) -> str:
-    """A fingerprint of an SD base folder: its tokenizer files, the UNet and text-encoder configs
-    (minus version stamps) and weight files (size + first/last MiB). Two copies of the same model
-    match; a different base (or a fine-tune of it) does not. ``"sha256:<hex>"``; a folder that
-    cannot be read is a ``UserError``."""
-    folder = Path(folder)
-    try:
-        return _fingerprint(folder)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the base model {folder}: {exc}") from None
-
-
-def _fingerprint(folder: Path) -> str:
-    h = hashlib.sha256()
-    for part in ("unet", "text_encoder"):
-        config = json.loads((folder / part / "config.json").read_text(encoding="utf-8"))
-        config = {k: v for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
-        h.update(f"{part}/config:{json.dumps(config, sort_keys=True)}\n".encode())
-        weights = _weight_file(folder / part)
-        h.update(f"{part}/weights:{_sample_digest(weights) if weights else 'none'}\n".encode())
-    for name in ("vocab.json", "merges.txt", "tokenizer.json"):
-        path = folder / "tokenizer" / name
-        if path.is_file():
-            h.update(f"tokenizer/{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
-    return "sha256:" + h.hexdigest()

@@ -20,6 +20,8 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from storyboard.artifacts.base_load import load_base_pipeline
+from storyboard.artifacts.base_model import BaseModel, resolve_base
 from storyboard.artifacts.layout import (
     EMBEDDING_KEY,
     LORA_FILE,
@@ -196,8 +198,8 @@ def _compare_lora(expected: Mapping, loaded: Mapping, scale: float) -> dict:
             "mismatched": mismatched[:5], "unexpected": max(len(loaded) - len(expected) + len(missing), 0)}
 
 
-def reload_check(base: str | os.PathLike, out_dir: str | os.PathLike, unet_state: Mapping, te_state: Mapping | None,
-                 tokens: Sequence[Mapping], rows: torch.Tensor, scale: float) -> dict:
+def reload_check(base: BaseModel | str | os.PathLike, out_dir: str | os.PathLike, unet_state: Mapping,
+                 te_state: Mapping | None, tokens: Sequence[Mapping], rows: torch.Tensor, scale: float) -> dict:
     """Load each exported file into a fresh fp32 CPU pipeline with plain diffusers calls and compare
     every LoRA matrix, every scale and every token row with what training holds. Returns a report
     whose ``ok`` is True only when nothing was left out or changed."""
@@ -212,8 +214,8 @@ def _reload_check(base, out_dir, unet_state, te_state, tokens, rows, scale) -> d
     if full:
         kwargs = {"text_encoder": CLIPTextModel.from_pretrained(out_dir / TEXT_ENCODER_DIR, dtype=torch.float32),
                   "tokenizer": CLIPTokenizer.from_pretrained(out_dir / TOKENIZER_DIR)}
-    pipe = StableDiffusionPipeline.from_pretrained(base, dtype=torch.float32, safety_checker=None,
-                                                   requires_safety_checker=False, **kwargs)
+    base = base if isinstance(base, BaseModel) else resolve_base(base)
+    pipe = load_base_pipeline(base, dtype=torch.float32, **kwargs)
     report: dict = {}
     expected_unet, expected_te = lora_modules(unet_state), lora_modules(te_state or {})
     for label, weight_name in (("diffusers_lora", LORA_FILE), ("webui_lora", WEBUI_LORA_FILE)):

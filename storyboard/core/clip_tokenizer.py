@@ -1,11 +1,15 @@
 """Stable Diffusion's CLIP tokenizer, built offline from the BPE merges open_clip ships.
 
-SD 1.x and SDXL use OpenAI's CLIP BPE (49,408 ids). No hub can be reached here, so a tokenizer folder is
+SD 1.x, SD 2.x and SDXL use OpenAI's CLIP BPE (49,408 ids). No hub can be reached here, so a tokenizer folder is
 written from open_clip's ``bpe_simple_vocab_16e6.txt.gz``: the 256 byte symbols, the same with ``</w>``,
 the first 48,894 merges joined, then ``<|startoftext|>`` and ``<|endoftext|>``; ``merges.txt`` starts
 with ``#version: 0.2``. Its ids equal ``open_clip.tokenize`` token for token. The files are the four
 SD1.5 ships (vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json), so loading goes
 through the same path as a downloaded model's tokenizer.
+
+The tokenizers of the OpenCLIP text encoders (SD 2.x's ``tokenizer/``, SDXL's ``tokenizer_2/``) are the
+same BPE but pad with ``!`` (id 0, as open_clip pads with zeros) instead of ``<|endoftext|>``:
+``build_clip_tokenizer(folder, pad_token=OPEN_CLIP_PAD)``.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from storyboard.core.records import atomic_write, atomic_write_json
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 CLIP_VOCAB_SIZE = 49408
 CLIP_CONTEXT_LENGTH = 77
+OPEN_CLIP_PAD = "!"  # SD 2.x's and SDXL's second tokenizer pad with this (id 0)
 
 
 def clip_bpe_vocab_path() -> Path:
@@ -37,8 +42,9 @@ def _added_token(content: str) -> dict:
     return {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
 
 
-def build_clip_tokenizer(out_dir: str | Path):
-    """Write SD1.5's tokenizer files (the real CLIP BPE) into ``out_dir`` and load them back.
+def build_clip_tokenizer(out_dir: str | Path, pad_token: str = EOS):
+    """Write SD1.5's tokenizer files (the real CLIP BPE) into ``out_dir`` and load them back;
+    ``pad_token=OPEN_CLIP_PAD`` gives SD 2.x's (and SDXL's ``tokenizer_2``).
 
     The vocabulary is laid out the way open_clip's ``SimpleTokenizer`` builds it, so ids match
     ``open_clip.tokenize`` token for token.
@@ -59,7 +65,7 @@ def build_clip_tokenizer(out_dir: str | Path):
         fh.write("#version: 0.2\n" + "\n".join(merges) + "\n")
     atomic_write_json(out_dir / "special_tokens_map.json", {
         "bos_token": _added_token(BOS), "eos_token": _added_token(EOS),
-        "pad_token": EOS, "unk_token": _added_token(EOS),
+        "pad_token": pad_token, "unk_token": _added_token(EOS),
     })
     atomic_write_json(out_dir / "tokenizer_config.json", {
         "add_prefix_space": False,
@@ -68,7 +74,7 @@ def build_clip_tokenizer(out_dir: str | Path):
         "eos_token": {"__type": "AddedToken", **_added_token(EOS)},
         "errors": "replace",
         "model_max_length": CLIP_CONTEXT_LENGTH,
-        "pad_token": EOS,
+        "pad_token": pad_token,
         "tokenizer_class": "CLIPTokenizer",
         "unk_token": {"__type": "AddedToken", **_added_token(EOS)},
     })

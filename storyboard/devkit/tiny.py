@@ -21,6 +21,12 @@ tokenizer, scheduler (PNDM, SD1.5's config), feature_extractor, no safety checke
   special_tokens_map.json, tokenizer_config.json) rather than the tokenizer.json that
   transformers 5 would write, so loading goes through the same path as for a downloaded SD1.5.
 
+``DIR/model_sd2/`` -- the same at SD 2.x's layout: linear attention projections, an OpenCLIP-style
+text encoder (GELU), the tokenizer padding with "!" as SD 2.x's does, SD 2.1's DDIM scheduler with
+v-prediction. Written as a single original-layout file by ``storyboard.devkit.single_file`` its text
+encoder takes open_clip's names (``cond_stage_model.model.*``), so the SD 2.x single-file path is
+tested on a real layout.
+
 ``DIR/clip/`` -- a tiny open_clip ViT CLIP (image 64 px, embed dim 32, text context 77, the same
 49,408-token vocabulary), in two forms holding the same weights:
 
@@ -59,14 +65,14 @@ from pathlib import Path
 import open_clip
 import safetensors.torch
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from open_clip.model import set_model_preprocess_cfg
 from open_clip.push_to_hf_hub import save_config_for_hf
 from open_clip.transform import PreprocessCfg
 from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
 
 from storyboard.core.cli import UserError, run_main
-from storyboard.core.clip_tokenizer import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE, build_clip_tokenizer
+from storyboard.core.clip_tokenizer import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE, OPEN_CLIP_PAD, build_clip_tokenizer
 from storyboard.core.records import atomic_dir, atomic_write_json, read_json_object_or_none
 from storyboard.devkit import tiny_lineart
 from storyboard.devkit.tiny_marian import build_tiny_marian
@@ -126,13 +132,37 @@ def _tiny_sd_components(seed: int) -> dict:
     }
 
 
-def build_tiny_sd(folder: str | Path, seed: int = DEFAULT_SEED) -> Path:
-    """Write a tiny SD1.5-layout ``StableDiffusionPipeline`` folder into ``folder``."""
+def _tiny_sd2_components(seed: int) -> dict:
+    """SD 2.x's differences at toy width: linear projections in the attention, a GELU (OpenCLIP-style)
+    text encoder, SD 2.1's DDIM scheduler with v-prediction."""
+    parts = _tiny_sd_components(seed)
+    torch.manual_seed(seed)
+    parts["unet"] = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(4, 8), use_linear_projection=True, norm_num_groups=32,
+    )
+    torch.manual_seed(seed)
+    parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=CLIP_CONTEXT_LENGTH, projection_dim=32,
+        hidden_act="gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=0,
+    ))
+    parts["scheduler"] = DDIMScheduler(  # stable-diffusion-2-1's scheduler_config.json
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+    return parts
+
+
+def build_tiny_sd(folder: str | Path, seed: int = DEFAULT_SEED, sd2: bool = False) -> Path:
+    """Write a tiny SD1.5-layout ``StableDiffusionPipeline`` folder into ``folder`` (SD 2.x's layout
+    with ``sd2``)."""
     folder = Path(folder)
     with tempfile.TemporaryDirectory(prefix="clip-tokenizer-") as scratch:
-        tokenizer = build_clip_tokenizer(scratch)
+        tokenizer = build_clip_tokenizer(scratch, pad_token=OPEN_CLIP_PAD if sd2 else "<|endoftext|>")
         pipe = StableDiffusionPipeline(
-            **_tiny_sd_components(seed), tokenizer=tokenizer,
+            **(_tiny_sd2_components(seed) if sd2 else _tiny_sd_components(seed)), tokenizer=tokenizer,
             safety_checker=None, requires_safety_checker=False,
         )
         if pipe.vae_scale_factor != 8:
@@ -143,6 +173,11 @@ def build_tiny_sd(folder: str | Path, seed: int = DEFAULT_SEED) -> Path:
         shutil.rmtree(folder / "tokenizer")
         shutil.copytree(scratch, folder / "tokenizer")
     return folder
+
+
+def build_tiny_sd2(folder: str | Path, seed: int = DEFAULT_SEED) -> Path:
+    """Write a tiny SD 2.x-layout ``StableDiffusionPipeline`` folder into ``folder``."""
+    return build_tiny_sd(folder, seed, sd2=True)
 
 
 def build_tiny_open_clip(folder: str | Path, seed: int = DEFAULT_SEED) -> Path:
@@ -183,11 +218,13 @@ class TinyModel:
 
 BUILDERS: dict[str, TinyModel] = {
     "model_sd": TinyModel(build_tiny_sd, 1, "SD1.5-layout diffusers pipeline with the real CLIP tokenizer"),
+    "model_sd2": TinyModel(build_tiny_sd2, 1, "SD 2.x-layout diffusers pipeline (OpenCLIP-style text encoder, "
+                           "v-prediction)"),
     "clip": TinyModel(build_tiny_open_clip, 1, "open_clip ViT CLIP (local-dir and config+checkpoint forms)"),
     "marian_ko_en": TinyModel(build_tiny_marian_folder, 1,
                               "MarianMT ko->en with a locally trained SentencePiece vocabulary"),
-    "model_sdxl": TinyModel(tiny_lineart.build_tiny_sdxl, 1, "SDXL-layout diffusers folder (two text encoders)"),
-    "controlnet_lineart_sdxl": TinyModel(tiny_lineart.build_tiny_sdxl_controlnet, 1,
+    "model_sdxl": TinyModel(tiny_lineart.build_tiny_sdxl, 2, "SDXL-layout diffusers folder (two text encoders)"),
+    "controlnet_lineart_sdxl": TinyModel(tiny_lineart.build_tiny_sdxl_controlnet, 2,
                                          "SDXL ControlNet made from that UNet"),
     "annotators": TinyModel(tiny_lineart.build_tiny_annotators, 1,
                             "controlnet_aux lineart / lineart_anime annotator weights"),

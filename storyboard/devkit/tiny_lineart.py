@@ -6,12 +6,14 @@ them and adds its marker/skip logic):
 
 ``build_tiny_sdxl(folder, seed)`` -> an SDXL diffusers folder written by
 ``StableDiffusionXLPipeline.save_pretrained``: UNet2DConditionModel with SDXL's
-``addition_embed_type="text_time"`` (blocks (32, 64), cross-attention 64 = the two text encoders'
-hidden sizes side by side), CLIPTextModel + CLIPTextModelWithProjection (2 layers, width 32, the full
-49,408-token vocabulary), the real CLIP BPE tokenizer twice (``tokenizer_2`` pads with "!" as SDXL's
-does), an AutoencoderKL with SDXL's scale factor 8 and scaling factor 0.13025, SDXL's
-EulerDiscreteScheduler config. Loads with ``StableDiffusionXLPipeline.from_pretrained(folder)`` or as
-the base of ``StableDiffusionXLControlNetPipeline.from_pretrained(folder, controlnet=...)``.
+``addition_embed_type="text_time"`` (blocks (32, 64), cross-attention 80 = the two text encoders'
+hidden sizes side by side), CLIPTextModel + CLIPTextModelWithProjection (2 layers, widths 32 and 48,
+the full 49,408-token vocabulary; the widths differ, as SDXL's 768 and 1280 do, because diffusers
+tells the two encoders of a single file apart by their width), the real CLIP BPE tokenizer twice
+(``tokenizer_2`` pads with "!" as SDXL's does), an AutoencoderKL with SDXL's scale factor 8 and
+scaling factor 0.13025, SDXL's EulerDiscreteScheduler config. Loads with
+``StableDiffusionXLPipeline.from_pretrained(folder)`` or as the base of
+``StableDiffusionXLControlNetPipeline.from_pretrained(folder, controlnet=...)``.
 
 ``build_tiny_sdxl_controlnet(folder, seed)`` -> ``ControlNetModel.from_unet(<that UNet>)`` saved with
 ``save_pretrained``: ``ControlNetModel.from_pretrained(folder)``.
@@ -30,7 +32,6 @@ Folder names used by the stage's defaults (``Data_preprocessing_Line/01_preproce
 from __future__ import annotations
 
 import functools
-import json
 import math
 import shutil
 import tempfile
@@ -47,12 +48,13 @@ from diffusers import (
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from storyboard.core.clip_tokenizer import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE, build_clip_tokenizer
+from storyboard.core.clip_tokenizer import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE, OPEN_CLIP_PAD, build_clip_tokenizer
 
 FOLDERS = {"model_sdxl": "build_tiny_sdxl", "controlnet_lineart_sdxl": "build_tiny_sdxl_controlnet",
            "annotators": "build_tiny_annotators"}
 POOL_SIZE = 1 << 20
-TEXT_WIDTH = 32  # each text encoder; the UNet's cross-attention takes both: 64
+TEXT_WIDTH = 32  # the first text encoder (CLIP-L's place)
+TEXT_WIDTH_2 = 48  # the second (OpenCLIP bigG's); the UNet's cross-attention takes both: 80
 TIME_EMBED = 8  # addition_time_embed_dim: six micro-conditioning numbers, 8 wide each
 
 
@@ -65,31 +67,17 @@ def _tiny_sdxl_unet(seed: int):
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
-        cross_attention_dim=2 * TEXT_WIDTH, norm_num_groups=8,
+        cross_attention_dim=TEXT_WIDTH + TEXT_WIDTH_2, norm_num_groups=8,
         addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED,
-        projection_class_embeddings_input_dim=6 * TIME_EMBED + TEXT_WIDTH,  # time ids + pooled text
+        projection_class_embeddings_input_dim=6 * TIME_EMBED + TEXT_WIDTH_2,  # time ids + pooled text
     )
 
 
-def _text_config(**extra):
-
+def _text_config(width: int = TEXT_WIDTH, **extra):
     return CLIPTextConfig(
-        vocab_size=CLIP_VOCAB_SIZE, hidden_size=TEXT_WIDTH, intermediate_size=37, num_hidden_layers=2,
+        vocab_size=CLIP_VOCAB_SIZE, hidden_size=width, intermediate_size=37, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=CLIP_CONTEXT_LENGTH, hidden_act="gelu",
         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **extra)
-
-
-def _write_tokenizer(folder: Path, pad_token: str) -> None:
-    """SD's four tokenizer files (the real CLIP BPE), built by ``storyboard.devkit.tiny`` when it offers it."""
-
-
-    build_clip_tokenizer(folder)
-    if pad_token != "<|endoftext|>":  # SDXL's second tokenizer (open_clip's) pads with "!"
-        for name in ("special_tokens_map.json", "tokenizer_config.json"):
-            path = folder / name
-            data = json.loads(path.read_text(encoding="utf-8"))
-            data["pad_token"] = pad_token
-            path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 def build_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
@@ -106,7 +94,7 @@ def build_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_text_config(projection_dim=TEXT_WIDTH))
     torch.manual_seed(seed + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_WIDTH))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(TEXT_WIDTH_2, projection_dim=TEXT_WIDTH_2))
     scheduler = EulerDiscreteScheduler(  # SDXL base's scheduler_config.json
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="epsilon", steps_offset=1, timestep_spacing="leading", interpolation_type="linear",
@@ -114,8 +102,8 @@ def build_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
     )
     with tempfile.TemporaryDirectory(prefix="sdxl-tokenizers-") as scratch:
         scratch = Path(scratch)
-        _write_tokenizer(scratch / "tokenizer", "<|endoftext|>")
-        _write_tokenizer(scratch / "tokenizer_2", "!")
+        build_clip_tokenizer(scratch / "tokenizer")
+        build_clip_tokenizer(scratch / "tokenizer_2", pad_token=OPEN_CLIP_PAD)  # open_clip's, as SDXL's
         pipe = StableDiffusionXLPipeline(
             vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
             tokenizer=CLIPTokenizer.from_pretrained(scratch / "tokenizer", model_max_length=CLIP_CONTEXT_LENGTH),

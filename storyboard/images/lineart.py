@@ -7,7 +7,8 @@
                            ``netG.pth``; their white-on-black output is inverted to black on white.
 ``sdxl-controlnet``        the seed's method: the detector's control image (``detector``: lineart by
                            default) drives diffusers' ``StableDiffusionXLControlNetPipeline`` (a local
-                           SDXL base folder + a local ControlNet-lineart folder) with a clean-line-art
+                           SDXL base, a diffusers folder or one ``.safetensors`` / ``.ckpt`` file as the
+                           WebUI keeps it, + a local ControlNet-lineart folder) with a clean-line-art
                            prompt; fp16 on a GPU, batched, one seed per record (from the base seed and
                            the record's id, so it does not depend on order or batch) kept in the record.
 
@@ -20,8 +21,9 @@ is rewritten in place (atomically), so later stages see the field. Rejects and t
 Resume: ``<data>/lineart/.state/<name>.json`` holds the input image's SHA-256 and the settings key
 (which includes a fingerprint of the model folders); a matching entry is skipped.
 
-Model folders are only ever read from disk: a path that is not a folder is a user error, never a
-Hub lookup (controlnet_aux's ``from_pretrained`` downloads for anything that is not a directory).
+Models are only ever read from disk: a path that is not a folder (or, for the SDXL base, a checkpoint
+file, loaded offline through ``storyboard.artifacts.base_load``) is a user error, never a Hub lookup
+(controlnet_aux's ``from_pretrained`` downloads for anything that is not a directory).
 controlnet_aux 0.0.10 calls ``torch.load`` without ``weights_only``; that is safe from torch 2.6,
 where ``weights_only=True`` is the default, and on older torch the annotators are built from
 controlnet_aux's classes here and loaded with ``weights_only=True`` (see
@@ -40,6 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from storyboard.artifacts.base_model import resolve_base, sample_digest
 from storyboard.core.cli import UserError
 from storyboard.core.imageio import load_rgb
 
@@ -67,7 +70,8 @@ class LineartSettings:
     detect_resolution: int = 512
     coarse: bool = False  # lineart: its coarse model (sk_model2.pth)
     annotators: str | None = None
-    base_model: str | None = None
+    base_model: str | None = None  # an SDXL diffusers folder or one checkpoint file
+    base_config: str | None = None  # a single-file base of a non-standard size: its diffusers configs
     controlnet: str | None = None
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = DEFAULT_NEGATIVE
@@ -90,7 +94,7 @@ class LineartSettings:
     def key(self) -> str:
         """What decides the output bytes (not the device, batch size or where the folders are)."""
         data = {k: v for k, v in asdict(self).items() if k not in ("device", "batch_size", "annotators",
-                                                                      "base_model", "controlnet")}
+                                                                      "base_model", "base_config", "controlnet")}
         # --dtype once took torch's spellings here: keys of earlier runs keep resuming.
         data["dtype"] = _KEYED_DTYPE.get(data["dtype"], data["dtype"])
         if self.backend not in MODEL_BACKENDS:
@@ -128,14 +132,25 @@ def check_settings(s: LineartSettings) -> LineartSettings:
         needed.append(("annotators", s.annotators, "--annotators", "controlnet_aux annotator folder "
                        "(sk_model.pth, sk_model2.pth, netG.pth)"))
     if s.uses("sdxl"):
-        needed += [("base_model", s.base_model, "--base-model", "SDXL base diffusers folder"),
-                   ("controlnet", s.controlnet, "--controlnet", "SDXL ControlNet (lineart) folder")]
+        needed += [("base_model", s.base_model, "--base-model", "SDXL base (a diffusers folder or one checkpoint "
+                    "file)"), ("controlnet", s.controlnet, "--controlnet", "SDXL ControlNet (lineart) folder")]
+    hint = "; --backend xdog or canny need no weights" if s.backend in MODEL_BACKENDS else ""
     for name, path, flag, what in needed:
-        if not path or not Path(path).is_dir():
-            hint = "; --backend xdog or canny need no weights" if s.backend in MODEL_BACKENDS else ""
+        a_base_file = name == "base_model" and bool(path) and Path(path).is_file()
+        if not a_base_file and (not path or not Path(path).is_dir()):
             raise UserError(f"{flag} {path}: not a folder; the {s.backend} backend needs a local {what}{hint}")
-        fingerprints[name] = folder_fingerprint(Path(path))
+        fingerprints[name] = base_model_fingerprint(s) if name == "base_model" else folder_fingerprint(Path(path))
     return LineartSettings(**{**asdict(s), "fingerprints": fingerprints})
+
+
+def base_model_fingerprint(s: LineartSettings) -> str:
+    """The SDXL base checked (a folder, or one checkpoint file whose family is detected from its keys)
+    and fingerprinted for the resume key: a folder's names, sizes and JSON; a file's size, first and
+    last MiB (hashing gigabytes on every run would cost more than the check saves)."""
+    base = resolve_base(s.base_model, config=s.base_config, families=("sdxl",), flag="--base-model")
+    if not base.is_file:
+        return folder_fingerprint(base.path)
+    return f"{sample_digest(base.path)[:16]}:{base.config_name}:{base.prediction_type}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from storyboard.artifacts.base_load import load_base_pipeline
+from storyboard.artifacts.base_model import resolve_base
 from storyboard.core.cli import UserError
 from storyboard.core.runtime import resolve_device, resolve_dtype
 from storyboard.images.lineart import LineartSettings, canny, xdog
@@ -78,8 +80,9 @@ class ModelBackend:
             from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline  # noqa: PLC0415 (optional: only --backend sdxl-controlnet loads diffusers)
 
             controlnet = ControlNetModel.from_pretrained(s.controlnet, dtype=self.dtype, local_files_only=True)
-            self.pipe = StableDiffusionXLControlNetPipeline.from_pretrained(
-                s.base_model, controlnet=controlnet, dtype=self.dtype, local_files_only=True)
+            base = resolve_base(s.base_model, config=s.base_config, families=("sdxl",), flag="--base-model")
+            self.pipe = load_base_pipeline(base, StableDiffusionXLControlNetPipeline, dtype=self.dtype,
+                                           controlnet=controlnet)
             self.pipe.to(self.device)
             self.pipe.set_progress_bar_config(disable=True)
         # No global torch.set_grad_enabled(False): this may run inside a bigger process (tests, a

@@ -1,7 +1,8 @@
 """A base model plus a trained folder, loaded once, checked first, LoRA fused: ``load_trigger_pipeline``.
 
 One loader for everyone: ``inference_trigger.py``, the sharded validation (``storyboard.inference.validate``)
-and the bench. It runs every check first (the base folder, the checkpoint folder, the base fingerprint
+and the bench. It runs every check first (the base, a diffusers folder or one checkpoint file
+(``storyboard.artifacts.base_model``), the checkpoint folder, the base fingerprint
 the trainer recorded, the tokens against the base's tokenizer and text encoder: each mismatch is one
 ``UserError`` line, before any weight loads), then the plain diffusers calls a user makes
 (``storyboard.artifacts.load.load_trained_pipeline``), then fuses the LoRA into the weights::
@@ -18,23 +19,17 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import diffusers
 import torch
-from diffusers import StableDiffusionPipeline
 
 from storyboard import __version__
+from storyboard.artifacts.base_load import load_base_pipeline
+from storyboard.artifacts.base_model import BaseModel, base_fingerprint, resolve_base
 from storyboard.artifacts.checks import check_tokens
 from storyboard.artifacts.load import load_trained_pipeline
-from storyboard.artifacts.read import (
-    Checkpoint,
-    base_fingerprint,
-    check_base_folder,
-    manifest_fingerprint,
-    read_checkpoint,
-)
+from storyboard.artifacts.read import Checkpoint, manifest_fingerprint, read_checkpoint
 from storyboard.core.cli import UserError
 from storyboard.core.runtime import quiet_libraries, resolve_device, resolve_dtype
 from storyboard.core.vocabulary import Vocabulary, load_vocabulary
@@ -48,7 +43,7 @@ class TriggerPipeline:
     """A diffusers pipeline with (or without) one checkpoint applied, plus what PNGs must record."""
 
     pipe: Any
-    base: Path
+    base: BaseModel
     checkpoint: Checkpoint | None
     vocab: Vocabulary
     device: torch.device
@@ -125,14 +120,14 @@ class TriggerPipeline:
         return out.images
 
 
-def check_checkpoint_fits(ckpt: Checkpoint, base: Path, fingerprint: str, allow_base_mismatch: bool,
+def check_checkpoint_fits(ckpt: Checkpoint, base: BaseModel, fingerprint: str, allow_base_mismatch: bool,
                           warn: Callable[[str], object]) -> None:
     """The base is the one the checkpoint was trained on (or ``--allow-base-mismatch`` says to go on)
     and its tokens fit the base's tokenizer and text encoder."""
     recorded = manifest_fingerprint(ckpt.manifest)
     if recorded and recorded != fingerprint:
         message = (f"base model mismatch: checkpoint {ckpt.path} was trained on a base with fingerprint "
-                   f"{recorded.removeprefix('sha256:')[:12]}, but {base} has "
+                   f"{recorded.removeprefix('sha256:')[:12]}, but {base.path} has "
                    f"{fingerprint.removeprefix('sha256:')[:12]}")
         if not allow_base_mismatch:
             raise UserError(message + "; pass the base it was trained on (or --allow-base-mismatch)")
@@ -140,32 +135,32 @@ def check_checkpoint_fits(ckpt: Checkpoint, base: Path, fingerprint: str, allow_
     check_tokens(ckpt, base)
 
 
-def _load_pipe(base: Path, ckpt: Checkpoint | None, torch_dtype: torch.dtype):
+def _load_pipe(base: BaseModel, ckpt: Checkpoint | None, torch_dtype: torch.dtype):
     """The diffusers pipeline: the bare base, or the base with the checkpoint's files (the user's calls)."""
+    if ckpt is None:
+        return load_base_pipeline(base, dtype=torch_dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # torch_dtype -> dtype renames
-        if ckpt is None:
-            try:
-                return StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False,
-                                                               dtype=torch_dtype)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"cannot load the base model {base}: {str(exc).splitlines()[0]}") from None
         try:
             return load_trained_pipeline(base, ckpt.path, dtype=torch_dtype, device="cpu")
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
-            raise UserError(f"checkpoint {ckpt.path} does not load on {base}: "
+            raise UserError(f"checkpoint {ckpt.path} does not load on {base.path}: "
                             f"{str(exc).strip().splitlines()[0][:300]}") from None
 
 
-def load_trigger_pipeline(base: str | os.PathLike, checkpoint: str | os.PathLike | Checkpoint | None = None, *,
+def load_trigger_pipeline(base: BaseModel | str | os.PathLike,
+                          checkpoint: str | os.PathLike | Checkpoint | None = None, *,
                           vocab: Vocabulary | None = None, device: str | None = "auto", dtype: str = "auto",
                           lora_scale: float = 1.0, fuse: bool = True, compile: bool = False,
                           allow_base_mismatch: bool = False, warn=print) -> TriggerPipeline:
-    """Load ``base`` and apply a training output folder to it (module doc): every check first, then
-    the plain diffusers calls a user makes, then the LoRA fused at ``lora_scale``."""
+    """Load ``base`` (a ``BaseModel``, or a folder / single-file path) and apply a training output
+    folder to it (module doc): every check first, then the plain diffusers calls a user makes, then
+    the LoRA fused at ``lora_scale``."""
     started = time.perf_counter()
     vocab = vocab or load_vocabulary()
-    base = check_base_folder(base)
+    base = base if isinstance(base, BaseModel) else resolve_base(base)
+    if base.is_file:
+        warn(f"base model: {base.describe()}")
     ckpt = checkpoint
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         ckpt = read_checkpoint(checkpoint, vocab)

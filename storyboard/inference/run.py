@@ -31,7 +31,7 @@ from storyboard.inference.prompt_language import (
     to_english,
 )
 from storyboard.inference.prompts import TriggerPlan, apply_trigger, plan_trigger
-from storyboard.inference.settings import settings_from_args
+from storyboard.inference.settings import base_from_args, settings_from_args
 
 IMAGE_SUFFIXES = (".png",)
 
@@ -178,6 +178,7 @@ def run_inference(args: argparse.Namespace, warn=print) -> InferenceResult:
     if args.num_images < 1:
         raise UserError(f"--num-images {args.num_images} must be at least 1")
     records = _records(args)
+    base = base_from_args(args)  # a folder or one checkpoint file, checked before anything loads
     scales = {float(r.get("lora_scale", settings.lora_scale)) for r in records}
     fuse = not args.no_fuse and len(scales) == 1 and scales == {settings.lora_scale}
 
@@ -195,7 +196,7 @@ def run_inference(args: argparse.Namespace, warn=print) -> InferenceResult:
 
     from storyboard.inference.pipeline import load_trigger_pipeline  # noqa: PLC0415 (heavy: torch and diffusers load only once the flags, checkpoint and prompts are checked)
 
-    tp = load_trigger_pipeline(args.base_model, ckpt, vocab=vocab, device=args.device, dtype=args.dtype,
+    tp = load_trigger_pipeline(base, ckpt, vocab=vocab, device=args.device, dtype=args.dtype,
                                lora_scale=settings.lora_scale, fuse=fuse, compile=args.compile,
                                allow_base_mismatch=args.allow_base_mismatch, warn=warn)
     started = time.perf_counter()

@@ -10,6 +10,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from storyboard.artifacts.base_model import PREDICTION_TYPES, BaseModel, resolve_base
 from storyboard.artifacts.samplers import BASE_SCHEDULER_LABELS as BASE_SCHEDULER_LABELS  # the base's own, by class
 from storyboard.core.cli import UserError
 from storyboard.core.runtime import add_dtype_argument
@@ -64,10 +65,19 @@ class Settings:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, base_default: Path | None = None) -> None:
-    """--base-model, --device, --dtype, --compile, --allow-base-mismatch: how the pipeline is loaded."""
+    """--base-model, --base-config, --prediction-type, --device, --dtype, --compile, --allow-base-mismatch:
+    how the pipeline is loaded."""
     group = parser.add_argument_group("model")
     group.add_argument("--base-model", type=Path, default=base_default, required=base_default is None,
-                       help="base Stable Diffusion 1.x/2.x diffusers folder (default: %(default)s)")
+                       help="base Stable Diffusion 1.x/2.x: a diffusers folder, or one .safetensors / .ckpt checkpoint "
+                            "file as the WebUI and ComfyUI keep them (family detected from its keys; loaded offline) "
+                            "(default: %(default)s)")
+    group.add_argument("--base-config", type=Path, default=None,
+                       help="for a single-file base of a non-standard size: a diffusers folder with its configs and "
+                            "tokenizer (no weights needed); default: the configuration shipped for the detected family")
+    group.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
+                       help="what the base predicts, when its file cannot say (SD 2.x 512-px models are epsilon, "
+                            "768-px ones v_prediction); default: detected (see docs/inference_validation.md)")
     group.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu or auto (default: %(default)s)")
     add_dtype_argument(group, help_auto="fp16 on a GPU, fp32 on CPU")
     group.add_argument("--compile", action="store_true",
@@ -94,6 +104,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: Settings |
     group.add_argument("--height", type=size_arg, default=d.height,
                        help="image height, a multiple of 8 (default: the base model's native size)")
     group.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default: %(default)s)")
+
+
+def base_from_args(args: argparse.Namespace) -> BaseModel:
+    """``--base-model`` checked and described (``--base-config``, ``--prediction-type``); no weights read."""
+    return resolve_base(args.base_model, config=getattr(args, "base_config", None),
+                        prediction_type=getattr(args, "prediction_type", None))
 
 
 def size_arg(value: str) -> int | None:

@@ -24,13 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from storyboard.artifacts.read import (
-    Checkpoint,
-    base_fingerprint,
-    check_base_folder,
-    manifest_fingerprint,
-    read_checkpoint,
-)
+from storyboard.artifacts.base_model import BaseModel, base_fingerprint
+from storyboard.artifacts.read import Checkpoint, manifest_fingerprint, read_checkpoint
 from storyboard.core.cli import UserError, format_table
 from storyboard.core.records import atomic_write_json, write_jsonl
 from storyboard.core.runtime import Processes, current_processes, resolve_device, resolve_dtype, wants_cpu
@@ -40,7 +35,7 @@ from storyboard.inference.pngmeta import read_png_metadata
 from storyboard.inference.prompt_files import read_validation_prompts
 from storyboard.inference.prompts import UntrainedTriggerError, plain_prompt, prepare_prompt
 from storyboard.inference.report import report_from_args
-from storyboard.inference.settings import Settings, settings_from_args
+from storyboard.inference.settings import Settings, base_from_args, settings_from_args
 
 T = TypeVar("T")
 BASE_COLUMN = "base"
@@ -55,16 +50,6 @@ def shard(items: Sequence[T], num_processes: int, process_index: int) -> list[T]
     per, extra = divmod(len(items), num_processes)
     start = process_index * per + min(process_index, extra)
     return list(items[start:start + per + (1 if process_index < extra else 0)])
-
-
-def native_size(base: Path) -> int:
-    """The base model's native image size from its configs (unet sample_size x the VAE's factor)."""
-    try:
-        unet = json.loads((base / "unet" / "config.json").read_text(encoding="utf-8"))
-        vae = json.loads((base / "vae" / "config.json").read_text(encoding="utf-8"))
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, KeyError, ValueError, TypeError):
-        raise UserError(f"{base}: cannot read unet/config.json and vae/config.json") from None
 
 
 def job_key(prompt: str, negative: str, seed: int, settings: Settings, model_hash: str, hashes: dict,
@@ -176,7 +161,7 @@ def preflight(args: argparse.Namespace) -> str:
     traceback per process. Returns a one-line description of the run."""
     settings_from_args(args)
     vocab = load_vocabulary(args.vocabulary)
-    base = check_base_folder(args.base_model)
+    base = base_from_args(args)
     records = read_validation_prompts(args.prompts, vocab)
     checkpoints = [read_checkpoint(p, vocab) for p in (args.checkpoint or [])]
     if not checkpoints and not args.base_only:
@@ -189,7 +174,8 @@ def preflight(args: argparse.Namespace) -> str:
         for ckpt in checkpoints:
             recorded = manifest_fingerprint(ckpt.manifest)
             if recorded and recorded != fingerprint and not args.allow_base_mismatch:
-                raise UserError(f"base model mismatch: checkpoint {ckpt.path} was trained on another base than {base} "
+                raise UserError(f"base model mismatch: checkpoint {ckpt.path} was trained on another base than "
+                                f"{base.path} "
                                 f"(fingerprints {recorded.removeprefix('sha256:')[:12]} and "
                                 f"{fingerprint.removeprefix('sha256:')[:12]}); pass the base it was trained on "
                                 f"(or --allow-base-mismatch)")
@@ -198,7 +184,8 @@ def preflight(args: argparse.Namespace) -> str:
         raise UserError("--clip-checkpoint needs --clip-model (the architecture, e.g. ViT-B-32)")
     n = min(len(records), args.limit) if args.limit else len(records)
     columns = ([BASE_COLUMN] if args.base_only else []) + names
-    return f"{n} prompts x {len(columns)} column(s): {', '.join(columns)}"
+    about = f"; base {base.describe()}" if base.is_file else ""
+    return f"{n} prompts x {len(columns)} column(s): {', '.join(columns)}{about}"
 
 
 def _device(device: str | None, processes: Processes):
@@ -216,7 +203,7 @@ def run_validation(args: argparse.Namespace, log=print) -> ValidationResult:
     """Everything ``validation/run_validation.py`` does after parsing its flags (module doc)."""
     settings = settings_from_args(args)
     vocab = load_vocabulary(args.vocabulary)
-    base = check_base_folder(args.base_model)
+    base = base_from_args(args)
     records = read_validation_prompts(args.prompts, vocab)
     if args.limit:
         records = records[: args.limit]
@@ -232,7 +219,7 @@ def run_validation(args: argparse.Namespace, log=print) -> ValidationResult:
     device = _device(args.device, processes)
     dtype = resolve_dtype(args.dtype, device)
     dtype_name = str(dtype).replace("torch.", "")
-    settings = settings.sized(native_size(base))
+    settings = settings.sized(base.native_size)
     model_hash = base_fingerprint(base).removeprefix("sha256:")[:10]
     out_root = Path(args.output_dir).expanduser()
     say = log if processes.is_main else (lambda *_: None)
@@ -268,14 +255,15 @@ def run_validation(args: argparse.Namespace, log=print) -> ValidationResult:
     return result
 
 
-def _write_column_files(plan: ColumnPlan, args: argparse.Namespace, base: Path, settings: Settings, dtype_name: str,
-                        num_processes: int) -> None:
+def _write_column_files(plan: ColumnPlan, args: argparse.Namespace, base: BaseModel, settings: Settings,
+                        dtype_name: str, num_processes: int) -> None:
     """``<column>/images.jsonl`` (every finished image's fields) and ``<column>/run.json``."""
     metas = [m for m in (read_png_metadata(j.output) for j in plan.jobs if j.output.exists()) if m]
     write_jsonl(plan.folder / SIDECAR, metas)
     ckpt = plan.checkpoint
     atomic_write_json(plan.folder / "run.json", {
-        "column": plan.name, "base_model": str(base), "checkpoint": str(ckpt.path) if ckpt else None,
+        "column": plan.name, "base_model": str(base.path), "base": base.record(),
+        "checkpoint": str(ckpt.path) if ckpt else None,
         "prompts": str(args.prompts), "settings": settings.__dict__, "dtype": dtype_name,
         "images": len(plan.jobs), "made": plan.made, "already_done": len(plan.jobs) - len(plan.pending),
         "redone": plan.stale, "skipped_untrained": plan.skipped, "num_processes": num_processes,

@@ -26,10 +26,16 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 def add_path_arguments(parser: argparse.ArgumentParser, model: str = "./model_sd", data: str = "./Dataset_fin",
                        output: str = "./model_sd_weight/train_fs") -> None:
     g = parser.add_argument_group("paths")
-    g.add_argument("--pretrained_model_name_or_path", default=model, metavar="DIR",
-                   help="base Stable Diffusion 1.x/2.x diffusers folder (model_index.json, unet/, vae/, "
-                        "text_encoder/, tokenizer/, scheduler/) (default %(default)s)")
-    g.add_argument("--variant", default=None, help="weight variant to load, e.g. fp16 (diffusers' --variant)")
+    g.add_argument("--pretrained_model_name_or_path", default=model, metavar="PATH",
+                   help="base Stable Diffusion 1.x/2.x: a diffusers folder (model_index.json, unet/, vae/, "
+                        "text_encoder/, tokenizer/, scheduler/) or one .safetensors / .ckpt checkpoint file as the "
+                        "WebUI and ComfyUI keep them (family detected from its keys, loaded offline) "
+                        "(default %(default)s)")
+    g.add_argument("--base_config", default=None, metavar="DIR",
+                   help="for a single-file base of a non-standard size: a diffusers folder with its configs and "
+                        "tokenizer (no weights needed); default: the configuration shipped for the detected family")
+    g.add_argument("--variant", default=None, help="weight variant to load from a folder, e.g. fp16 (diffusers' "
+                   "--variant)")
     g.add_argument("--train_data_dir", default=data, metavar="DIR",
                    help="image folder with metadata.jsonl (imagefolder layout: file_name + text) (default %(default)s)")
     g.add_argument("--image_column", default="file_name", help="record field holding the image path, relative "
@@ -126,7 +132,8 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--snr_gamma", type=float, default=None, help="min-SNR-gamma loss weighting, e.g. 5.0 (default off)")
     g.add_argument("--noise_offset", type=float, default=0.0, help="noise offset, e.g. 0.05 (default %(default)s)")
     g.add_argument("--prediction_type", choices=("epsilon", "v_prediction"), default=None,
-                   help="training target; default: the base model's scheduler config")
+                   help="training target; default: the base folder's scheduler config, or what a single file's "
+                        "keys, metadata or .yaml say (SD 2.x 768-px models are v_prediction)")
     g.add_argument("--mixed_precision", choices=PRECISIONS, default="auto",
                    help="auto (default): accelerate's setting when it has one, else bf16 on GPUs that have it, "
                         "fp16 on other GPUs, no on CPU. Trainable weights stay fp32 in every mode")

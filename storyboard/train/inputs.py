@@ -1,7 +1,8 @@
-"""Checks on the base model folder and the data set that run before anything is trained.
+"""Checks on the base model and the data set that run before anything is trained.
 
-Each problem is one ``UserError`` line naming the path and what to do. Only JSON files and image
-headers are read here, so a bad input is reported in a second or two, before torch loads a model.
+Each problem is one ``UserError`` line naming the path and what to do. Only JSON files, a single-file
+base's header and image headers are read here, so a bad input is reported in a second or two, before
+torch loads a model (a ``.ckpt`` base is the exception: only torch can list a pickle's tensors).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from storyboard.artifacts.base_model import SD_FAMILIES, BaseModel, resolve_base
 from storyboard.core.cli import UserError
 from storyboard.core.records import RecordError, read_json_object, read_jsonl, resolve_under
 from storyboard.core.vocabulary import Vocabulary, load_vocabulary
@@ -36,17 +38,26 @@ class BaseModelInfo:
     cross_attention_dim: int
     text_hidden_size: int
     sample_size: int | None
+    model: BaseModel  # how it loads (folder or single file) and what was detected
 
 
-def check_base_model(path: str | os.PathLike) -> BaseModelInfo:
-    """Refuse anything that is not a local SD 1.x/2.x diffusers folder; return what training needs."""
+def check_base_model(path: str | os.PathLike, config: str | os.PathLike | None = None,
+                     prediction_type: str | None = None) -> BaseModelInfo:
+    """Refuse anything that is not a local SD 1.x/2.x diffusers folder or checkpoint file; return what
+    training needs. ``config`` is ``--base_config``, ``prediction_type`` ``--prediction_type``."""
     folder = Path(path).expanduser()
     flag = "--pretrained_model_name_or_path"
     if not folder.exists():
-        raise UserError(f"{flag} {path} not found (this trainer works offline: give a local diffusers folder)")
+        raise UserError(f"{flag} {path} not found (this trainer works offline: give a local diffusers folder or "
+                        ".safetensors / .ckpt file)")
     if folder.is_file():
-        raise UserError(f"{flag} {path} is a single file; give a diffusers folder (convert a .safetensors/.ckpt "
-                        "with StableDiffusionPipeline.from_single_file(...).save_pretrained(folder))")
+        base = resolve_base(folder, config=config, prediction_type=prediction_type, families=SD_FAMILIES, flag=flag,
+                            config_flag="--base_config")
+        unet, text = base.config("unet"), base.config("text_encoder")
+        return BaseModelInfo(folder, base.pipeline_class, base.prediction_type, unet["cross_attention_dim"],
+                             text["hidden_size"], unet.get("sample_size"), base)
+    if config:
+        raise UserError(f"--base_config is for a single-file base; {flag} {path} is a folder with its own configs")
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise UserError(f"{flag} {path} is not a diffusers Stable Diffusion folder (no model_index.json)")
@@ -74,8 +85,9 @@ def check_base_model(path: str | os.PathLike) -> BaseModelInfo:
     if not isinstance(cross, int) or cross != hidden:
         raise UserError(f"{flag} {path}: the UNet's cross_attention_dim ({cross}) does not match the text "
                         f"encoder's hidden_size ({hidden}); not an SD 1.x / 2.x pair")
-    return BaseModelInfo(folder, cls, str(scheduler.get("prediction_type", "epsilon")), cross, hidden,
-                         unet.get("sample_size"))
+    base = resolve_base(folder, prediction_type=prediction_type, families=SD_FAMILIES, flag=flag)
+    return BaseModelInfo(folder, cls, prediction_type or str(scheduler.get("prediction_type", "epsilon")), cross,
+                         hidden, unet.get("sample_size"), base)
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,24 +195,38 @@ def check_inputs(args) -> CheckedInputs:
     """Every check that needs no model: flags, base folder, data set, token list, checkpoint to resume.
     A bad input stops here with one line, in about a second."""
     check_args(args)
-    base = check_base_model(args.pretrained_model_name_or_path)
+    base = check_base_model(args.pretrained_model_name_or_path, getattr(args, "base_config", None),
+                            args.prediction_type)
     scan = scan_dataset(args.train_data_dir, args.image_column, args.caption_column, args.skip_bad_records)
     vocabulary = load_vocabulary(args.vocabulary)
     specs = resolve_trigger_specs(args.new_tokens, args.token_initializer, vocabulary,
                                   [item.caption for item in scan.items])
-    check_tokens_against_files(base.path, specs)
+    check_tokens_against_files(None if base.model.is_file else base.path, specs)
     out = output_dir(args)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {args.output_dir} is a file, not a folder")
     return CheckedInputs(base, scan, vocabulary, specs, out, find_checkpoint(out, args.resume_from_checkpoint))
 
 
-def check_tokens_against_files(base: Path, specs: list[TriggerSpec]) -> None:
+def check_tokens_against_files(base: Path | None, specs: list[TriggerSpec]) -> None:
     """The token checks ``storyboard.train.tokens.check_new_tokens`` makes with the real tokenizer, done
     from the tokenizer's files (no transformers import): a token the vocabulary already holds, an
-    initializer that is only white space (CLIP's tokenizer drops white space and nothing else)."""
+    initializer that is only white space (CLIP's tokenizer drops white space and nothing else).
+    ``base`` None (a single-file base, whose tokenizer is built when the models load): the initializer
+    check only; ``load_models`` checks the tokens against that tokenizer before any weight loads."""
+    known = _known_tokens(base / "tokenizer") if base is not None else {}
+    for spec in specs:
+        if spec.token in known:
+            raise UserError(f"token {spec.token} already exists in the tokenizer of {base} (id {known[spec.token]}); "
+                            "pick another token or start from the original base model")
+        if not spec.initializer.strip():
+            raise UserError(f"initializer {spec.initializer!r} of {spec.token} tokenizes to nothing; give real words "
+                            "with --token_initializer")
+
+
+def _known_tokens(folder: Path) -> dict[str, int]:
+    """Every token a tokenizer folder's files name, with its id."""
     known: dict[str, int] = {}
-    folder = base / "tokenizer"
     try:
         if (folder / "vocab.json").is_file():
             known.update(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
@@ -217,10 +243,4 @@ def check_tokens_against_files(base: Path, specs: list[TriggerSpec]) -> None:
             known.update(json.loads((folder / "added_tokens.json").read_text(encoding="utf-8")))
     except (OSError, ValueError) as exc:
         raise UserError(f"the tokenizer files in {folder} cannot be read ({exc})") from None
-    for spec in specs:
-        if spec.token in known:
-            raise UserError(f"token {spec.token} already exists in the tokenizer of {base} (id {known[spec.token]}); "
-                            "pick another token or start from the original base model")
-        if not spec.initializer.strip():
-            raise UserError(f"initializer {spec.initializer!r} of {spec.token} tokenizes to nothing; give real words "
-                            "with --token_initializer")
+    return known

@@ -38,8 +38,8 @@ from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
+from storyboard.artifacts.base_model import base_fingerprint
 from storyboard.artifacts.layout import embedding_file
-from storyboard.artifacts.read import base_fingerprint
 from storyboard.core.cli import UserError, progress
 from storyboard.core.runtime import quiet_libraries
 from storyboard.train.args import check_precision, output_dir
@@ -191,10 +191,10 @@ def train(args: argparse.Namespace, checked: CheckedInputs | None = None) -> Tra
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-    models = load_models(args, base.path, specs, weight_dtype)
+    models = load_models(args, base.model, specs, weight_dtype)
     adapt_models(args, models, weight_dtype, accelerator.device)
     if main:
-        logger.info(f"base {base.path} ({base.pipeline_class}, {base.prediction_type}); {len(scan.items)} images "
+        logger.info(f"base {base.model.describe()}; {len(scan.items)} images "
                     f"({len(scan.bad)} bad records skipped); tokens: "
                     + ", ".join(f"{s.token}<-{s.initializer!r}" for s in specs))
 
@@ -205,7 +205,7 @@ def train(args: argparse.Namespace, checked: CheckedInputs | None = None) -> Tra
     optimizer = make_optimizer(args, trainables, accelerator.device)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=max_steps, num_cycles=args.lr_num_cycles, power=args.lr_power)
-    base_fp = base_fingerprint(base.path)
+    base_fp = base_fingerprint(base.model)
     res_cfg = resume_config(args, specs, precision, base_fp, data_fingerprint(scan.items), accelerator.num_processes)
     tokens_info = [dict(t, embedding_file=embedding_file(t["token"])) for t in models.added.as_dict()]
     ctx = RunContext(args, accelerator, models, Denoiser(models.unet, models.text_encoder), weight_dtype, precision,

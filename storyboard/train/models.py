@@ -3,12 +3,12 @@ trigger rows, LoRA through peft, dtypes, memory savers), and the optimizer over 
 
 Frozen weights sit in the compute dtype, trainable ones in fp32 (so no fp16 gradients are unscaled):
 the UNet and VAE load straight in the compute dtype, the text encoder in fp32 (its new rows start from
-fp32 means), and the frozen parts are cast afterwards.
+fp32 means), and the frozen parts are cast afterwards. A single-file base loads whole through
+diffusers' ``from_single_file`` in fp32 (``storyboard.artifacts.base_load``), then the UNet and VAE are cast.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -16,6 +16,8 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from storyboard.artifacts.base_load import base_scheduler, base_tokenizer, load_base_pipeline
+from storyboard.artifacts.base_model import BaseModel
 from storyboard.artifacts.layout import TEXT_ENCODER_TARGETS, UNET_ATTENTION_TARGETS, UNET_FF_TARGETS
 from storyboard.core.cli import UserError
 from storyboard.train.data import derive_seed
@@ -58,10 +60,14 @@ def _load(what: str, fn, *a, **kw):
         raise UserError(f"cannot load the {what} of the base model: {first}") from None
 
 
-def load_models(args, base: Path, specs: list[TriggerSpec], weight_dtype: torch.dtype = torch.float32) -> Models:
+def load_models(args, base_model: BaseModel, specs: list[TriggerSpec],
+                weight_dtype: torch.dtype = torch.float32) -> Models:
     """The base's parts: UNet and VAE straight in the compute dtype (whatever dtype the folder was
     saved in), the text encoder in fp32 (its new rows start from fp32 means; frozen parts are cast
     later), the tokenizer with the trigger tokens added."""
+    if base_model.is_file:
+        return _load_single_file(args, base_model, specs, weight_dtype)
+    base = base_model.path
     tokenizer = _load("tokenizer", CLIPTokenizer.from_pretrained, base, subfolder="tokenizer")
     check_new_tokens(tokenizer, specs, str(base))  # fail fast, before the big weights load
     text_encoder = _load("text encoder", CLIPTextModel.from_pretrained, base, subfolder="text_encoder",
@@ -74,6 +80,20 @@ def load_models(args, base: Path, specs: list[TriggerSpec], weight_dtype: torch.
         noise_scheduler.register_to_config(prediction_type=args.prediction_type)
     added = add_trigger_tokens(tokenizer, text_encoder, specs, str(base))
     return Models(tokenizer, text_encoder, vae, unet, noise_scheduler, added)
+
+
+def _load_single_file(args, base: BaseModel, specs: list[TriggerSpec], weight_dtype: torch.dtype) -> Models:
+    """The same parts from one checkpoint file: the tokenizer (its configuration's) checked first, then
+    the whole pipeline in fp32, then the UNet and VAE cast to the compute dtype."""
+    tokenizer = _load("tokenizer", base_tokenizer, base)
+    check_new_tokens(tokenizer, specs, str(base.path))  # fail fast, before the big weights load
+    pipe = load_base_pipeline(base, dtype=torch.float32, tokenizer=tokenizer)
+    noise_scheduler = base_scheduler(base, DDPMScheduler)  # the file's prediction type (module base_model)
+    if args.prediction_type:
+        noise_scheduler.register_to_config(prediction_type=args.prediction_type)
+    added = add_trigger_tokens(tokenizer, pipe.text_encoder, specs, str(base.path))
+    return Models(tokenizer, pipe.text_encoder, pipe.vae.to(weight_dtype), pipe.unet.to(weight_dtype),
+                  noise_scheduler, added)
 
 
 def adapt_models(args, models: Models, weight_dtype: torch.dtype, device) -> None:

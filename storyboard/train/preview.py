@@ -1,6 +1,6 @@
 """Validation previews, made from the files just saved and loaded the way a user loads them.
 
-The pipeline comes from ``storyboard.artifacts.load.load_trained_pipeline`` (the base folder, then
+The pipeline comes from ``storyboard.artifacts.load.load_trained_pipeline`` (the base, then
 ``load_lora_weights``, then ``load_textual_inversion`` per token: the recipe docs/training.md shows),
 so a preview shows what users will get, not what the training process holds in memory.
 """
@@ -58,7 +58,7 @@ def previews(ctx: RunContext, weights_dir: Path, out: Path, step: int) -> list[P
     if args.num_validation_images <= 0:
         return []
     dtype = ctx.weight_dtype if acc.device.type == "cuda" else None
-    pipe = load_trained_pipeline(ctx.base.path, weights_dir, dtype=dtype, device=acc.device)
+    pipe = load_trained_pipeline(ctx.base.model, weights_dir, dtype=dtype, device=acc.device)
     prompts = args.validation_prompt or default_prompts([t["token"] for t in ctx.tokens_info])
     made = make_previews(pipe, prompts, args.num_validation_images, args.seed, args.validation_inference_steps,
                          args.validation_guidance_scale, args.resolution, out)

@@ -93,8 +93,9 @@ def build_manifest(ctx: RunContext, target: Path, step: int, files: list[Path], 
         "format": MANIFEST_FORMAT,
         "tokens": ctx.tokens_info,
         "text_encoder_mode": args.text_encoder_mode,
-        "base_model": {"path": str(ctx.base.path), "fingerprint": ctx.base_fp, "pipeline": ctx.base.pipeline_class,
-                       "version": ctx.base_version, "tokenizer_size": ctx.models.added.base_vocab_size,
+        "base_model": {**ctx.base.model.record(), "path": str(ctx.base.path), "fingerprint": ctx.base_fp,
+                       "pipeline": ctx.base.pipeline_class, "version": ctx.base_version,
+                       "tokenizer_size": ctx.models.added.base_vocab_size,
                        "prediction_type": ctx.models.noise_scheduler.config.prediction_type},
         "tokenizer_size": len(ctx.models.tokenizer),
         "lora": {"rank": args.rank, "alpha": args.lora_alpha, "scale": args.lora_alpha / args.rank,
@@ -136,7 +137,7 @@ def finish(ctx: RunContext, out: Path, step: int) -> TrainResult:
     files = export_weights(ctx, out, step, final=True)
     state = ctx.last_export
     scale = ctx.args.lora_alpha / ctx.args.rank
-    check = write.reload_check(ctx.base.path, out, state["unet_state"], state["te_state"], ctx.tokens_info,
+    check = write.reload_check(ctx.base.model, out, state["unet_state"], state["te_state"], ctx.tokens_info,
                                state["rows"], scale)
     preview_files = previews(ctx, out, out / "validation" / f"step-{step:06d}", step)
     manifest = build_manifest(ctx, out, step, files, final=True)

@@ -193,3 +193,29 @@ def test_contact_sheet_shows_the_four_stages(dataset, sample_data, tmp_path):
     assert page.count("<tr>") == 3 and "bubble mask" in page and 'class="missing"' not in page
     thumbs = sorted((data / "contact_sheet_files").glob("*.jpg"))
     assert len(thumbs) == 8
+
+
+def test_sdxl_controlnet_on_a_single_file_base(lineart_models, tiny_models, dataset, tmp_path):
+    """--base-model may be one SDXL checkpoint file (the WebUI's form): the same line art as its folder;
+    an SD 1.x file is refused in one line before anything loads."""
+    from storyboard.devkit.single_file import write_single_file
+
+    base_file = write_single_file(lineart_models / "model_sdxl", tmp_path / "sdxl-tiny.safetensors")
+    pictures = {}
+    for name, base, config in (("folder", lineart_models / "model_sdxl", None),
+                               ("file", base_file, lineart_models / "model_sdxl")):
+        data = _copy(dataset, tmp_path / name) / "Dataset_fin"
+        settings = LineartSettings(backend="sdxl-controlnet", detector="xdog", base_model=str(base),
+                                   base_config=str(config) if config else None,
+                                   controlnet=str(lineart_models / "controlnet_lineart_sdxl"), size=64, steps=2,
+                                   batch_size=3, seed=7)
+        assert run_lineart(data / "metadata.jsonl", data, data / "metadata.jsonl", settings).extra["line art made"] == 3
+        pictures[name] = [np.asarray(Image.open(data / r["lineart_file"]), np.int16)
+                          for r in load_jsonl(data / "metadata.jsonl")]
+    for ours, theirs in zip(pictures["file"], pictures["folder"]):
+        assert np.abs(ours - theirs).max() <= 1  # float rounding only (SDXL's pooled projection)
+    sd1 = write_single_file(tiny_models / "model_sd", tmp_path / "sd1.safetensors")
+    proc = run_front_door(SCRIPT, "--backend", "sdxl-controlnet", "--detector", "xdog", "--base-model", sd1,
+                          "--data-dir", tmp_path / "file" / "root" / "Dataset_fin", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is an SD 1.x model; this step runs SDXL" in proc.stderr.strip().splitlines()[-1]

@@ -89,7 +89,7 @@ def test_webui_lora_is_named_after_the_run(run):
 
 
 def test_manifest_records_what_inference_needs(run):
-    from storyboard.artifacts.read import base_fingerprint
+    from storyboard.artifacts.base_model import base_fingerprint
 
     manifest = json.loads((run["out"] / "trigger_manifest.json").read_text())
     assert [t["token"] for t in manifest["tokens"]] == ["<cu_trg>", "<fs_trg>"]
