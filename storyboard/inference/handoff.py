@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from storyboard.artifacts.base_model import BaseModel
 from storyboard.artifacts.comfyui import WorkflowSettings, api_workflow, comfyui_prompt, ui_workflow
 from storyboard.artifacts.layout import WEBUI_LORA_FILE, named_webui_lora
 from storyboard.artifacts.read import Checkpoint
@@ -81,14 +82,14 @@ def webui_fields(meta: Mapping[str, Any], ckpt: Checkpoint | None) -> dict[str, 
     return out
 
 
-def comfyui_checkpoint_name(base: Path) -> str:
+def comfyui_checkpoint_name(base: Path | BaseModel) -> str:
     """How ComfyUI lists the base in ``models/checkpoints``: a single file by its name, a diffusers
     folder as the file a user would convert it to (``model_sd.safetensors``)."""
-    base = Path(base)
-    return base.name if base.is_file() else f"{base.name}.safetensors"
+    path = base.path if isinstance(base, BaseModel) else Path(base)
+    return path.name if path.is_file() else f"{path.name}.safetensors"
 
 
-def comfyui_chunks(meta: Mapping[str, Any], ckpt: Checkpoint | None, base: Path) -> dict[str, str]:
+def comfyui_chunks(meta: Mapping[str, Any], ckpt: Checkpoint | None, base: Path | BaseModel) -> dict[str, str]:
     """ComfyUI's ``prompt`` and ``workflow`` chunks for one image ({} when its settings are outside
     what ComfyUI's nodes accept, e.g. an 8-pixel-wide image)."""
     sampler_name, scheduler = comfyui_sampler(meta.get("sampler"))
