@@ -133,7 +133,8 @@ def _burst(canvas: np.ndarray, rng, centre, half, k: int) -> None:
     count = int(rng.integers(14, 23))
     angles = np.sort(rng.uniform(0, 2 * np.pi) + (np.arange(2 * count) + rng.uniform(-0.25, 0.25, 2 * count))
                      * np.pi / count)
-    radius = np.where(np.arange(2 * count) % 2 == 0, rng.uniform(1.18, 1.42, 2 * count), rng.uniform(0.9, 0.97, 2 * count))
+    spikes, valleys = rng.uniform(1.18, 1.42, 2 * count), rng.uniform(0.9, 0.97, 2 * count)
+    radius = np.where(np.arange(2 * count) % 2 == 0, spikes, valleys)
     points = np.stack([centre[0] + half[0] * radius * np.cos(angles), centre[1] + half[1] * radius * np.sin(angles)], 1)
     cv2.fillPoly(canvas, [np.round(points * k).astype(np.int32)], 1)
 
@@ -311,10 +312,10 @@ def draw_bubble(rng: np.random.Generator, rgb: np.ndarray, style: str) -> tuple[
         raise ValueError(f"unknown style {style!r}; choose from {STYLES}")
     h, w = rgb.shape[:2]
     design = _design(rng, style)
-    base = rgb.astype(np.float32)
     if style == "thought":
-        base = 255.0 * (base / 255.0) ** rng.uniform(1.8, 2.6) * rng.uniform(0.4, 0.6)
-    centre = _centre(rng, design, rgb if style != "thought" else base.astype(np.uint8))
+        rgb = night(rgb, rng)
+    base = rgb.astype(np.float32)
+    centre = _centre(rng, design, rgb)
     fill_cov, outer_cov = _coverage(design, rng, centre, (w, h))
     out = base * (1 - outer_cov[..., None]) + np.float32(design.line) * outer_cov[..., None]
     out = out * (1 - fill_cov[..., None]) + np.float32(design.fill) * fill_cov[..., None]
@@ -341,7 +342,7 @@ def styled_cases(split: str, variants: int = 1, styles: tuple[str, ...] = STYLES
     cases = []
     for p, name in enumerate(photos or s.photos):
         photo = load_photo(name)
-        for i, style in enumerate(styles):
+        for style in styles:
             for v in range(variants):
                 rng = np.random.default_rng([s.seed, p, STYLES.index(style), v])
                 picture, truth, record = draw_bubble(rng, photo, style)
@@ -362,7 +363,8 @@ def printed_page(rng: np.random.Generator, size: tuple[int, int] = (724, SIDE)) 
     y += int(h * 0.07)
     body = korean_font(int(rng.integers(17, 21)))
     words = ("카메라는 인물의 얼굴을 가까이 잡는다 close-up shot 화면 크기는 감정의 거리를 정한다 long shot 풍경 속의 "
-             "작은 인물 the frame decides what the audience feels 장면 전환 컷 편집 리듬 storyboard panel 연출 의도").split()
+             "작은 인물 the frame decides what the audience feels 장면 전환 컷 편집 리듬 storyboard panel 연출 의도")
+    words = words.split(" ")
     line_h = int(body.size * 1.7)
     while y < h * 0.88:
         for _ in range(int(rng.integers(4, 9))):
@@ -391,12 +393,24 @@ def bubble_iou(pred: np.ndarray, truth: np.ndarray, box, pad: int = 3) -> float:
     return float((p & t).sum() / max((p | t).sum(), 1))
 
 
+def night(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A darkened (night) version of a picture: the thought style's background, and a free picture."""
+    dark = 255.0 * (rgb.astype(np.float32) / 255.0) ** rng.uniform(1.8, 2.6) * rng.uniform(0.4, 0.6)
+    return np.clip(np.round(dark), 0, 255).astype(np.uint8)
+
+
 def bubble_free_cases(split: str) -> list[Case]:
-    """The split's photos with no bubble, a printed page, and (held-out) scikit-image's scanned page and text photo."""
+    """Pictures with no bubble: the split's photos as they are and at night, two printed pages, and
+    (held out) scikit-image's scanned book page and its photo of handwriting on paper."""
     s = SPLITS[split]
     rng = np.random.default_rng([s.seed, 99])
-    cases = [Case(f"{split}/free/{name}", jpeg_round_trip(load_photo(name), 90), None) for name in s.photos]
-    cases.append(Case(f"{split}/free/printed_page", jpeg_round_trip(printed_page(rng), 90), None))
+    cases = []
+    for name in s.photos:
+        photo = load_photo(name)
+        cases.append(Case(f"{split}/free/{name}", jpeg_round_trip(photo, 90), None))
+        cases.append(Case(f"{split}/free/{name}_night", jpeg_round_trip(night(photo, rng), 90), None))
+    for i in range(2):
+        cases.append(Case(f"{split}/free/printed_page_{i}", jpeg_round_trip(printed_page(rng), 90), None))
     if split == HELD_OUT.name:
         for name in ("page", "text"):
             cases.append(Case(f"{split}/free/skimage_{name}", jpeg_round_trip(load_photo(name), 90), None))

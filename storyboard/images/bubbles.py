@@ -44,6 +44,7 @@ __all__ = ["INPAINT_METHODS", "METHOD_VERSION", "Bubble", "BubbleParams", "bubbl
 
 TRACE: list | None = None  # set to [] to record each judged region (debugging, the bench)
 _LUMA = np.array([0.299, 0.587, 0.114])
+SEED_HALF_SIDE = 720  # seeds are labelled at half size on pictures at least this large (short side)
 # Bump when the detector or the inpainting changes what they output (resume keys include it).
 # 2: flood-fill regions, cut-by-the-frame bubbles, completed shapes (burst spikes), thought trails.
 METHOD_VERSION = 2
@@ -84,6 +85,7 @@ class BubbleParams:
     max_outline: float = 0.025  # thickest outline searched, as a share of the image's short side
     outline_frac: float = 0.8  # a ring belongs to the outline when this share of it is ink
     outline_start_frac: float = 0.6  # ... its first ring (a 1 px line, blurred by JPEG) when this share
+    max_outline_luma: float = 100.0  # an outline wider than 3 px must be darker than this
     typical_outline: float = 0.003  # outline width taken where a dark background hides the line's end
     trail_reach: float = 1.0  # thought trails: searched this many bubble half-sizes around a bubble
     max_trail_part: float = 0.15  # a trail circle's area, as a share of its bubble's
@@ -121,6 +123,12 @@ def _colour_distance(rgb: np.ndarray, colour) -> np.ndarray:
     return out if rgb.ndim == 3 else out.reshape(-1)
 
 
+def _near(rgb: np.ndarray, colour, tolerance: float) -> np.ndarray:
+    """uint8 0/1: pixels within ``tolerance`` of ``colour`` in every channel (one OpenCV pass)."""
+    c = np.asarray(colour, np.float64)
+    return cv2.inRange(rgb, tuple(c - tolerance), tuple(c + tolerance)) // 255
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     filled = np.zeros_like(mask)
@@ -145,6 +153,8 @@ class _Image:
     area: int = field(init=False)
     max_rings: int = field(init=False)
     typical_outline: int = field(init=False)
+    dark_seen: np.ndarray = field(init=False)  # bool: where black floods of the pixel's own colour went
+    mark: int = 1  # the last light flood's mark in its mask
 
     def __post_init__(self) -> None:
         h, w = self.rgb.shape[:2]
@@ -162,6 +172,7 @@ class _Image:
         self.light_walls = np.zeros((h + 2, w + 2), np.uint8)
         self.light_walls[1:-1, 1:-1] = self.wall
         self.dark_walls = np.zeros((h + 2, w + 2), np.uint8)
+        self.dark_seen = np.zeros((h, w), bool)
         self.area = h * w
         self.max_rings = max(2, int(round(self.p.max_outline * min(h, w))))
         self.typical_outline = max(1, round(self.p.typical_outline * min(h, w)))
@@ -187,71 +198,109 @@ class _Seed:
 
 
 def _seeds(im: _Image) -> list[_Seed]:
-    """Flat regions, light (or black), big enough to be (part of) a bubble fill; largest first."""
+    """Flat regions, light (or black), big enough to be (part of) a bubble fill; largest first.
+
+    On a picture of at least ``SEED_HALF_SIDE`` px on its short side they are labelled at half size
+    (pixels whose 2x2 block is all flat): a quarter of the pixels, and a fill that large is never
+    thinner than a few pixels."""
     p = im.p
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(im.flat, connectivity=4)
+    flat, rgb, k = im.flat, im.rgb, 1
+    if min(flat.shape) >= SEED_HALF_SIDE:
+        h, w = flat.shape
+        flat = (cv2.resize(flat * 255, (w // 2, h // 2), interpolation=cv2.INTER_AREA) == 255).astype(np.uint8)
+        rgb, k = cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA), 2
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(flat, connectivity=4)
     seeds = []
-    for i in np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= p.min_seed * im.area):
+    for i in np.flatnonzero(stats[:, cv2.CC_STAT_AREA] * k * k >= p.min_seed * im.area):
         if i == 0:
             continue
         x, y, w, h, area = (int(v) for v in stats[i])
         inside = (labels[y:y + h, x:x + w] == i).astype(np.uint8)
-        crop = im.rgb[y:y + h, x:x + w]
+        crop = rgb[y:y + h, x:x + w]
         colour = np.array(cv2.mean(crop, mask=inside)[:3])
         luma = float(colour @ _LUMA)
         if p.max_dark_fill_luma < luma < p.min_fill_luma:
             continue
-        distance = _colour_distance(crop, colour).astype(np.int16)
-        distance[inside == 0] = 999
+        distance = _colour_distance(crop, colour)
+        distance[inside == 0] = 255
         py, px = np.unravel_index(int(np.argmin(distance)), distance.shape)
-        seeds.append(_Seed(colour, (x + int(px), y + int(py)), area, luma <= p.max_dark_fill_luma))
+        seeds.append(_Seed(colour, (k * (x + int(px)), k * (y + int(py))), area * k * k, luma <= p.max_dark_fill_luma))
     seeds.sort(key=lambda s: -s.area)
     return seeds
 
 
-def _flood(im: _Image, seed: _Seed) -> tuple[tuple[int, int, int, int], np.ndarray]:
+def _flood(im: _Image, seed: _Seed) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
     """(box x0, y0, x1, y1; the region as uint8 in that box): pixels connected to the seed within the
-    fill tolerance of its colour (per channel), not crossing an edge (light fills)."""
-    walls = im.dark_walls if seed.dark else im.light_walls
-    tol = im.p.dark_fill_tolerance if seed.dark else im.p.fill_tolerance
-    flags = 4 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (2 << 8)
-    _, _, _, (x, y, w, h) = cv2.floodFill(im.rgb, walls, seed.point, 0, (tol,) * 3, (tol,) * 3, flags)
+    fill tolerance of its colour (per channel), not crossing an edge (light fills); None when the
+    seed lies in a region already flooded or the region cannot be a bubble by its size alone.
+
+    The light flood mask keeps every region flooded so far (marked 2, 3, ...): a later flood stops
+    at them, and a seed inside one starts nothing. Black floods reach further (dark hair, a shadow
+    beside a box) and are cut apart afterwards, so each starts afresh; a black seed is skipped only
+    where an earlier black flood of its own colour already went."""
+    x, y = seed.point
+    if seed.dark:
+        if im.dark_seen[y, x]:
+            return None
+        walls, mark, tol = im.dark_walls, 2, im.p.dark_fill_tolerance
+    else:
+        walls, tol = im.light_walls, im.p.fill_tolerance
+        if walls[y + 1, x + 1]:
+            return None
+        if im.mark == 255:  # marks run out: earlier regions become plain walls
+            walls[walls > 1] = 1
+            im.mark = 1
+        im.mark += 1
+        mark = im.mark
+    flags = 4 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (mark << 8)
+    area, _, _, (x, y, w, h) = cv2.floodFill(im.rgb, walls, seed.point, 0, (tol,) * 3, (tol,) * 3, flags)
     inner = walls[1 + y:1 + y + h, 1 + x:1 + x + w]
-    region = (inner == 2).astype(np.uint8)
-    inner[region > 0] = 0  # the flood only entered pixels that were 0: the mask is as it was
+    region = (inner == mark).astype(np.uint8) if area <= im.p.max_area * im.area or seed.dark else None
+    if seed.dark:
+        inner[:] = 0
+        same = _near(im.rgb[y:y + h, x:x + w], seed.colour, im.p.flat_tolerance)
+        im.dark_seen[y:y + h, x:x + w] |= (same & region) > 0
+    if region is None or area > im.p.max_area * im.area or w * h < im.p.min_area * im.area:
+        return None
     return (x, y, x + w, y + h), region
 
 
-def _dark_shapes(region: np.ndarray, p: BubbleParams, image_area: int) -> tuple[int, np.ndarray]:
+def _dark_shapes(region: np.ndarray, p: BubbleParams, image_area: int) -> tuple[np.ndarray, np.ndarray]:
     """A black caption box often touches other dark things (a panel border, dark hair, a shadow) and
     its margins are thin: shapes are the region with its small (text) holes filled, opened with a
     7x7 square so that anything thinner than 7 px (a border line, a strip of hair) comes off."""
-    holes = _fill_holes(region) - region
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
-    small = stats[:, cv2.CC_STAT_AREA] <= p.max_part * p.max_area * image_area  # text, not a framed panel
-    small[0] = False
-    shapes = cv2.morphologyEx(region | small[labels].astype(np.uint8), cv2.MORPH_OPEN, np.ones((7, 7), np.uint8))
-    n, labels = cv2.connectedComponents(shapes, connectivity=4)
-    return n, labels
+    contours, hierarchy = cv2.findContours(region, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    shapes = region.copy()
+    if hierarchy is not None:
+        largest = p.max_part * p.max_area * image_area  # text, not a framed panel
+        holes = [c for c, h in zip(contours, hierarchy[0]) if h[3] >= 0 and cv2.contourArea(c) <= largest]
+        cv2.drawContours(shapes, holes, -1, 1, thickness=cv2.FILLED)
+    shapes = cv2.morphologyEx(shapes, cv2.MORPH_OPEN, np.ones((7, 7), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(shapes, connectivity=4)
+    return labels, stats
 
 
 # --------------------------------------------------------------------------------------------
 # Judging one region
 # --------------------------------------------------------------------------------------------
-def _text_evidence(crop: np.ndarray, region: np.ndarray, filled: np.ndarray, fill: np.ndarray,
-                   p: BubbleParams) -> tuple[bool, int]:
-    """Do the holes of ``region`` hold text set on ``fill``? Returns (yes, number of glyph parts).
+def _text_evidence(to_fill: np.ndarray, region: np.ndarray, filled: np.ndarray, p: BubbleParams,
+                   cut: tuple[bool, bool] = (False, False)) -> tuple[bool, int]:
+    """Do the holes of ``region`` hold text set on its fill? (``to_fill``: each pixel's colour distance
+    to the fill.) Returns (yes, number of glyph parts).
 
     Text is *ink* in the holes (pixels far from the fill colour; counted on the ink, not the holes:
     JPEG ringing joins the holes of a line of small text into one), in several small parts, set as
     one block in the middle of the shape with air all around it. The last test is what tells a
-    bubble from hatching or a textured wall, whose marks run everywhere up to the edges. The frame
-    edge is not an edge of the shape here (a bubble cut by the frame keeps its text inside)."""
+    bubble from hatching or a textured wall, whose marks run everywhere up to the edges.
+
+    A bubble cut by the frame (``cut``: along x, along y) keeps its text clear of its own outline,
+    not of the frame, and its visible part is off-centre across the cut: the margin is measured to
+    the outline only, the offset along the cut only, both in the visible shape's inradius."""
     holes = (filled > 0) & (region == 0)
     filled_area = int(cv2.countNonZero(filled))
     if filled_area == 0:
         return False, 0
-    ink = (holes & (_colour_distance(crop, fill) >= p.ink_contrast)).astype(np.uint8)
+    ink = (holes & (to_fill >= p.ink_contrast)).astype(np.uint8)
     ink_area = int(cv2.countNonZero(ink))
     if not (p.min_ink <= ink_area / filled_area <= p.max_ink):
         return False, 0
@@ -263,20 +312,23 @@ def _text_evidence(crop: np.ndarray, region: np.ndarray, filled: np.ndarray, fil
     if parts < p.min_text_parts:
         return False, parts
     # Layout: the text block's box is a modest share of the shape, centred, away from the edge.
-    inside = cv2.distanceTransform(filled, cv2.DIST_L2, 3)
-    inradius = float(inside.max())
+    inside = cv2.distanceTransform(filled, cv2.DIST_L2, 3)  # the frame edge is no edge here ...
+    framed = cv2.copyMakeBorder(filled, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    inradius = float(cv2.distanceTransform(framed, cv2.DIST_L2, 3).max())  # ... but it bounds the visible shape
     ys, xs = np.nonzero(ink)
     block = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1) / filled_area
     fy, fx = np.nonzero(filled)
-    off = np.hypot((xs.min() + xs.max()) / 2 - fx.mean(), (ys.min() + ys.max()) / 2 - fy.mean()) / inradius
+    dx = 0.0 if cut[0] else (xs.min() + xs.max()) / 2 - fx.mean()
+    dy = 0.0 if cut[1] else (ys.min() + ys.max()) / 2 - fy.mean()
+    off = np.hypot(dx, dy) / inradius
     margin = float(inside[ink > 0].min()) / inradius
     min_margin = p.min_text_margin if block > p.small_block else p.min_small_block_margin
     ok = block <= p.max_text_block and off <= p.max_text_offset and margin >= min_margin
     return ok, parts
 
 
-def _outline_rings(crop: np.ndarray, filled: np.ndarray, fill: np.ndarray, max_rings: int, typical: int,
-                   p: BubbleParams) -> tuple[int, int, np.ndarray | None]:
+def _outline_rings(crop: np.ndarray, to_fill: np.ndarray, filled: np.ndarray, fill: np.ndarray, max_rings: int,
+                   typical: int, p: BubbleParams) -> tuple[int, int, np.ndarray | None]:
     """(how many one-pixel rings just outside ``filled`` belong to the bubble, the outline's width,
     its colour or None).
 
@@ -285,24 +337,27 @@ def _outline_rings(crop: np.ndarray, filled: np.ndarray, fill: np.ndarray, max_r
     one dark colour, ring after ring (a turn of colour from one ring to the next ends it: a thin
     black line on a dark coat; a ring darker than the first, the core of an anti-aliased line, does
     not). An "outline" that never ends within ``max_rings`` is a dark background as dark as the line:
-    then a typical outline width is taken."""
+    then a typical outline width is taken. A band that is not dark (a grey wall behind an
+    outline-less box) is an outline only when it is as thin as a line."""
     lead_max = 4
     outside = (1 - filled).astype(np.uint8)
     dist = cv2.distanceTransform(outside, cv2.DIST_L2, 3)
-    to_fill = _colour_distance(crop, fill)
-    fill_luma = float(fill @ _LUMA)
     start, outline, last = 0, None, 0
+
+    def ended(width: int):
+        luma = float(outline @ _LUMA)
+        if luma > float(fill @ _LUMA) - 1.5 * p.ink_contrast or (luma > p.max_outline_luma and width > 3):
+            return start, 0, None  # lighter than an outline, or a wide grey band: the bubble ends at its soft edge
+        return start + width, width, outline
+
     for d in range(1, max_rings + lead_max + 1):
         ring = (dist > d - 1) & (dist <= d)
         if not ring.any():
-            return (last, last - start, outline) if outline is not None else (start, 0, None)
+            return ended(last - start) if outline is not None else (start, 0, None)
         if outline is None:
             ink = to_fill[ring] >= p.ink_contrast
             if ink.mean() >= p.outline_start_frac:
-                colour = np.median(crop[ring][ink], axis=0)
-                if float(colour @ _LUMA) > fill_luma - 1.5 * p.ink_contrast:
-                    return d - 1, 0, None  # lighter than an outline: the bubble ends here, no outline
-                outline, last = colour, d
+                outline, last = np.median(crop[ring][ink], axis=0), d
                 previous = np.median(crop[ring], axis=0)
                 continue
             soft = (to_fill[ring] <= p.fill_tolerance) | ink
@@ -312,19 +367,19 @@ def _outline_rings(crop: np.ndarray, filled: np.ndarray, fill: np.ndarray, max_r
             continue
         pixels = crop[ring]
         median = np.median(pixels, axis=0)
-        if d - last == 1 and last - start <= 2 and _away_from(median, previous, fill) > p.ink_contrast * 0.25:
+        if last - start <= 2 and _away_from(median, previous, fill) > p.ink_contrast * 0.25:
             outline = median  # an anti-aliased line: its first ring was a blend, its core is darker
         same = _colour_distance(pixels, outline) <= p.ink_contrast * 0.75
         if same.mean() < p.outline_frac or np.abs(median - previous).max() > p.ink_contrast * 0.5 and (
                 outline is not median):
-            return last, last - start, outline  # the ring is another colour, or the colour turned: the outline ended
+            return ended(last - start)  # the ring is another colour, or the colour turned: the outline ended
         previous = median
         last = d
         if last - start >= max_rings:
             # Never ends: a dark background as dark as the line hides where the line ends; take a
             # typical outline's width (0.3 % of the short side, 3 px at 1024).
-            return start + typical, typical, outline
-    return last, last - start, outline
+            return ended(typical)
+    return ended(last - start)
 
 
 def _away_from(colour: np.ndarray, previous: np.ndarray, fill: np.ndarray) -> float:
@@ -356,7 +411,7 @@ def _complete(filled: np.ndarray, near: np.ndarray, reach: int) -> np.ndarray:
     """``filled`` with the fill-coloured pixels next to it that the edge map cut off (a burst's
     spike tips, a narrow tail), up to ``reach`` px away; unchanged when that would add more than a
     fifth of its area (a fill leaking out through a gap in a faint outline)."""
-    band = cv2.dilate(filled, _disk(reach)) & near
+    band = (cv2.distanceTransform(1 - filled, cv2.DIST_L2, 3) <= reach).astype(np.uint8) & near
     n, labels = cv2.connectedComponents(band | filled, connectivity=4)
     keep = np.zeros(n, bool)
     keep[np.unique(labels[filled > 0])] = True
@@ -392,7 +447,7 @@ def _judge(im: _Image, fill: np.ndarray, box: tuple[int, int, int, int], region:
     core = cv2.erode(reg, np.ones((5, 5), np.uint8))
     core_n = cv2.countNonZero(core)
     to_fill = _colour_distance(crop, fill)
-    if not core_n or cv2.countNonZero((to_fill <= p.flat_tolerance).astype(np.uint8) & core) < p.min_flat_share * core_n:
+    if not core_n or cv2.countNonZero((to_fill <= p.flat_tolerance).view(np.uint8) & core) < p.min_flat_share * core_n:
         return "not flat"
     if float(cv2.meanStdDev(crop, mask=core)[1].max()) > p.max_fill_std:
         return "spread"
@@ -419,12 +474,15 @@ def _judge(im: _Image, fill: np.ndarray, box: tuple[int, int, int, int], region:
         rect_w, rect_h = cv2.minAreaRect(np.concatenate(contours))[1]
         if filled_area < p.min_dark_rectangularity * rect_w * rect_h:
             return "dark, not a box"
-    is_text, parts = _text_evidence(crop, reg, filled, fill, p)
+    H, W = im.rgb.shape[:2]
+    cut = ((cx0 == 0 and filled[:, 0].any()) or (cx1 == W and filled[:, -1].any()),
+           (cy0 == 0 and filled[0, :].any()) or (cy1 == H and filled[-1, :].any()))
+    is_text, parts = _text_evidence(to_fill, reg, filled, p, cut)
     if not is_text:
         return "text"
     if shape is None:
-        filled = _complete(filled, (to_fill <= p.fill_tolerance).astype(np.uint8), im.max_rings)
-    grow, outline, outline_colour = _outline_rings(crop, filled, fill, im.max_rings, im.typical_outline, p)
+        filled = _complete(filled, (to_fill <= p.fill_tolerance).view(np.uint8), im.max_rings)
+    grow, outline, outline_colour = _outline_rings(crop, to_fill, filled, fill, im.max_rings, im.typical_outline, p)
     if border > p.max_border_share and (outline == 0 or not _outlined_off_the_frame(
             crop, filled, grow, outline_colour, p)):
         return "border"  # a bubble cut by the frame is outlined all along the rest of its edge
@@ -450,30 +508,26 @@ def _outlined_off_the_frame(crop: np.ndarray, filled: np.ndarray, grow: int, col
 def _trail(im: _Image, taken: np.ndarray, box: tuple[int, int, int, int], info: dict) -> list[tuple]:
     """Small outlined circles of the bubble's fill near it (a thought bubble's trail): [(box, mask)].
 
-    Each must be a compact, flat, text-free blob of the fill colour, not touching anything taken,
-    inside a ring of the bubble's outline colour; it gets the bubble's outline width."""
+    Each must be a compact, flat, text-free blob of the fill colour within ``trail_reach`` bubble
+    half-sizes, apart from anything taken, whose outermost outline ring (the bubble's outline width
+    out) is the bubble's outline colour; it gets the bubble's outline width."""
     p = im.p
-    x0, y0, x1, y1 = (int(v) for v in cv2.boundingRect(taken[box[1]:box[3], box[0]:box[2]]))
-    x0, y0 = x0 + box[0], y0 + box[1]
-    x1, y1 = x0 + x1, y0 + y1
-    reach = int(p.trail_reach * max(x1 - x0, y1 - y0) / 2)
-    wx0, wy0, wx1, wy1 = _crop_box(im, (x0, y0, x1, y1), reach)
-    crop = im.rgb[wy0:wy1, wx0:wx1]
-    fill = np.asarray(info["fill"], np.float64)
-    near = ((_colour_distance(crop, fill) <= p.fill_tolerance) & ~im.wall[wy0:wy1, wx0:wx1]
-            & (taken[wy0:wy1, wx0:wx1] == 0)).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(near, connectivity=4)
-    bubble_area = int(cv2.countNonZero(taken[y0:y1, x0:x1]))
     grow, colour = info["grow"], info["outline_colour"]
+    if colour is None:
+        return []
+    bx, by, bw, bh = cv2.boundingRect(taken[box[1]:box[3], box[0]:box[2]])
+    x0, y0 = box[0] + bx, box[1] + by
+    wx0, wy0, wx1, wy1 = _crop_box(im, (x0, y0, x0 + bw, y0 + bh), int(p.trail_reach * max(bw, bh) / 2))
+    free = (taken[wy0:wy1, wx0:wx1] == 0) & ~im.wall[wy0:wy1, wx0:wx1]
+    near = (_near(im.rgb[wy0:wy1, wx0:wx1], info["fill"], p.fill_tolerance) & free).view(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(near, connectivity=4)
+    largest = p.max_trail_part * cv2.countNonZero(taken[y0:y0 + bh, x0:x0 + bw])
     found = []
     for i in range(1, n):
-        bx, by, bw, bh, area = (int(v) for v in stats[i])
-        if not (p.min_trail_px <= area <= p.max_trail_part * bubble_area) or max(bw, bh) > 2 * min(bw, bh):
-            continue
-        if area < 0.6 * bw * bh or colour is None:
-            continue
-        pad = grow + 2
-        sx0, sy0, sx1, sy1 = _crop_box(im, (wx0 + bx, wy0 + by, wx0 + bx + bw, wy0 + by + bh), pad)
+        cx, cy, cw, ch, area = (int(v) for v in stats[i])
+        if not p.min_trail_px <= area <= largest or max(cw, ch) > 2 * min(cw, ch) or area < 0.6 * cw * ch:
+            continue  # not a small round blob
+        sx0, sy0, sx1, sy1 = _crop_box(im, (wx0 + cx, wy0 + cy, wx0 + cx + cw, wy0 + cy + ch), grow + 2)
         blob = (labels[sy0 - wy0:sy1 - wy0, sx0 - wx0:sx1 - wx0] == i).astype(np.uint8)
         if blob.shape != (sy1 - sy0, sx1 - sx0) or cv2.countNonZero(_fill_holes(blob)) > 1.1 * area:
             continue  # cut by the search window, or holding marks (text, a pattern)
@@ -481,14 +535,11 @@ def _trail(im: _Image, taken: np.ndarray, box: tuple[int, int, int, int], info: 
         if float(cv2.meanStdDev(part, mask=blob)[1].max()) > p.max_fill_std:
             continue
         shape = cv2.dilate(blob, _disk(grow)) if grow else blob
-        ring = (cv2.dilate(shape, _disk(1)) - shape) > 0  # just outside the outline's outer edge... and
-        band = (shape - cv2.dilate(blob, _disk(max(1, grow - 1)))) > 0  # ... its outermost ring
-        if not band.any() or float((_colour_distance(part[band], colour) <= p.ink_contrast * 0.75).mean()) < p.outline_frac:
+        edge = (shape - cv2.dilate(blob, _disk(max(0, grow - 1)))) > 0 if grow else None
+        if edge is None or not edge.any() or taken[sy0:sy1, sx0:sx1][shape > 0].any():
             continue
-        if not ring.any():
-            continue
-        if taken[sy0:sy1, sx0:sx1][shape > 0].any():
-            continue
+        if float((_colour_distance(part[edge], colour) <= p.ink_contrast * 0.75).mean()) < p.outline_frac:
+            continue  # not ringed by the bubble's line
         found.append(((sx0, sy0, sx1, sy1), shape))
     return found
 
@@ -496,24 +547,26 @@ def _trail(im: _Image, taken: np.ndarray, box: tuple[int, int, int, int], info: 
 # --------------------------------------------------------------------------------------------
 # The detector
 # --------------------------------------------------------------------------------------------
-def _regions(im: _Image, seed: _Seed, visited: np.ndarray):
-    """The fill region(s) a seed leads to, each as (box, region, shape or None); marks them visited."""
-    box, region = _flood(im, seed)
-    x0, y0, x1, y1 = box
-    visited[y0:y1, x0:x1] |= region > 0
+def _regions(im: _Image, seed: _Seed):
+    """The fill region(s) a seed leads to, each as (box, region, shape or None)."""
+    flooded = _flood(im, seed)
+    if flooded is None:
+        return []
+    box, region = flooded
     if not seed.dark:
         return [(box, region, None)]
-    if cv2.countNonZero(region) < im.p.min_area * im.area:
-        return []
-    n, labels = _dark_shapes(region, im.p, im.area)
+    x0, y0 = box[:2]
+    labels, stats = _dark_shapes(region, im.p, im.area)
     out = []
-    for label in range(1, n):
-        shape = (labels == label).astype(np.uint8)
-        bx, by, bw, bh = cv2.boundingRect(shape)
-        if bw * bh < im.p.min_area * im.area:
+    for label in np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= im.p.min_area * im.area):
+        if label == 0:
             continue
-        sub = shape[by:by + bh, bx:bx + bw]
-        out.append(((x0 + bx, y0 + by, x0 + bx + bw, y0 + by + bh), region[by:by + bh, bx:bx + bw] & sub, sub))
+        bx, by, bw, bh, area = (int(v) for v in stats[label])
+        sub = (labels[by:by + bh, bx:bx + bw] == label).astype(np.uint8)
+        fill = region[by:by + bh, bx:bx + bw] & sub
+        if area - cv2.countNonZero(fill) < im.p.min_ink * area:
+            continue  # no room for text in it: a dark brick, a door, a coat
+        out.append(((x0 + bx, y0 + by, x0 + bx + bw, y0 + by + bh), fill, sub))
     return out
 
 
@@ -532,12 +585,9 @@ def detect_bubbles(rgb: np.ndarray, params: BubbleParams | None = None) -> tuple
     im = _Image(work, p)
     h, w = work.shape[:2]
     mask = np.zeros((h, w), np.uint8)
-    visited = np.zeros((h, w), bool)
     found: list[tuple[tuple[int, int, int, int], dict]] = []
     for seed in _seeds(im):
-        if visited[seed.point[1], seed.point[0]]:
-            continue
-        for box, region, shape in _regions(im, seed, visited):
+        for box, region, shape in _regions(im, seed):
             result = _judge(im, seed.colour, box, region, shape)
             if TRACE is not None:
                 TRACE.append((box, tuple(int(c) for c in seed.colour), result if isinstance(result, str) else "bubble"))

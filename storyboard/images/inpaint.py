@@ -36,7 +36,7 @@ def inpaint(rgb: np.ndarray, mask: np.ndarray, method: str = "smooth") -> np.nda
     hole, part = binary[y0:y1, x0:x1], rgb[y0:y1, x0:x1]
     filled = _push_pull(part, hole) if method == "smooth" else _opencv(part, hole, method)
     out = rgb.copy()
-    out[y0:y1, x0:x1][hole > 0] = filled[hole > 0]
+    np.copyto(out[y0:y1, x0:x1], filled, where=hole[..., None] > 0)
     return out
 
 
@@ -56,18 +56,23 @@ def _opencv(rgb: np.ndarray, binary: np.ndarray, method: str) -> np.ndarray:
 
 def _push_pull(rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """Fill ``hole`` by normalised averaging down an image pyramid and blending back up. Only the
-    hole's pixels of the result are meaningful (the caller copies those)."""
-    known = (1 - hole).astype(np.float32)
-    levels = [(rgb.astype(np.float32) * known[..., None], known)]
+    hole's pixels of the result are meaningful (the caller copies those): a hole pixel takes the
+    blend of the level above, so the full-size level is never computed in floating point."""
+    known = (1 - hole) * 255
+    if min(hole.shape) <= 2:
+        levels = [(cv2.bitwise_and(rgb, rgb, mask=known).astype(np.float32), known.astype(np.float32) / 255)]
+    else:  # the first level down straight from 8 bits: the masked colours and the known share
+        levels = [(cv2.pyrDown(cv2.bitwise_and(rgb, rgb, mask=known)).astype(np.float32),
+                   cv2.pyrDown(known).astype(np.float32) / 255)]
     while min(levels[-1][1].shape) > 2 and levels[-1][1].min() == 0:
         c, k = levels[-1]
         levels.append((cv2.pyrDown(c), cv2.pyrDown(k)))
     c, k = levels[-1]
     value = c / np.maximum(k, 1e-6)[..., None]
-    for c, k in reversed(levels[1:-1]):
+    for c, k in reversed(levels[:-1]):
         up = cv2.pyrUp(value, dstsize=(k.shape[1], k.shape[0]))
         alpha = np.clip(k * 2.0, 0.0, 1.0)[..., None]
         value = alpha * (c / np.maximum(k, 1e-6)[..., None]) + (1.0 - alpha) * up
-    if len(levels) > 1:  # full size: a hole pixel takes the blend from the level above
+    if value.shape[:2] != hole.shape:
         value = cv2.pyrUp(value, dstsize=(hole.shape[1], hole.shape[0]))
-    return np.clip(np.round(value), 0, 255).astype(np.uint8)
+    return cv2.convertScaleAbs(value)  # rounds and saturates to 8 bits
