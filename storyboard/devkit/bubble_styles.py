@@ -337,10 +337,14 @@ def draw_bubble(rng: np.random.Generator, rgb: np.ndarray, style: str) -> tuple[
 # --------------------------------------------------------------------------------------------
 def styled_cases(split: str, variants: int = 1, styles: tuple[str, ...] = STYLES,
                  photos: tuple[str, ...] | None = None) -> list[Case]:
-    """Every photo of the split with one bubble of each style (``variants`` draws of each)."""
+    """Every photo of the split (or ``photos`` of it) with one bubble of each style (``variants`` draws
+    of each)."""
     s = SPLITS[split]
     cases = []
-    for p, name in enumerate(photos or s.photos):
+    for name in photos or s.photos:
+        if name not in s.photos:
+            raise ValueError(f"{name!r} is not a {split} photo ({', '.join(s.photos)})")
+        p = s.photos.index(name)  # a photo's draws are the same whichever others are asked for
         photo = load_photo(name)
         for style in styles:
             for v in range(variants):
@@ -399,9 +403,26 @@ def night(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.round(dark), 0, 255).astype(np.uint8)
 
 
+def page_on_desk(rng: np.random.Generator, desk: np.ndarray) -> np.ndarray:
+    """A printed page photographed lying on a desk: a white region full of text inside a darker
+    surround, which a bubble detector must not take for a bubble with an outline."""
+    h, w = desk.shape[:2]
+    page = printed_page(rng)
+    scale = rng.uniform(0.6, 0.8) * h / page.shape[0]
+    page = cv2.resize(page, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ph, pw = page.shape[:2]
+    turn = cv2.getRotationMatrix2D((pw / 2, ph / 2), rng.uniform(-6, 6), 1.0)
+    x, y = rng.uniform(0.1, 0.9) * (w - pw), rng.uniform(0.1, 0.9) * (h - ph)
+    turn[:, 2] += (x, y)
+    warped = cv2.warpAffine(page, turn, (w, h), flags=cv2.INTER_LINEAR)
+    cover = cv2.warpAffine(np.ones((ph, pw), np.float32), turn, (w, h), flags=cv2.INTER_LINEAR)[..., None]
+    out = desk.astype(np.float32) * 0.55 * (1 - cover) + warped.astype(np.float32) * cover
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 def bubble_free_cases(split: str) -> list[Case]:
-    """Pictures with no bubble: the split's photos as they are and at night, two printed pages, and
-    (held out) scikit-image's scanned book page and its photo of handwriting on paper."""
+    """Pictures with no bubble: the split's photos as they are and at night, two printed pages, a
+    page on a desk, and (held out) scikit-image's scanned book page and its photo of handwriting."""
     s = SPLITS[split]
     rng = np.random.default_rng([s.seed, 99])
     cases = []
@@ -411,6 +432,8 @@ def bubble_free_cases(split: str) -> list[Case]:
         cases.append(Case(f"{split}/free/{name}_night", jpeg_round_trip(night(photo, rng), 90), None))
     for i in range(2):
         cases.append(Case(f"{split}/free/printed_page_{i}", jpeg_round_trip(printed_page(rng), 90), None))
+    desk = load_photo(s.photos[1])
+    cases.append(Case(f"{split}/free/page_on_desk", jpeg_round_trip(page_on_desk(rng, desk), 90), None))
     if split == HELD_OUT.name:
         for name in ("page", "text"):
             cases.append(Case(f"{split}/free/skimage_{name}", jpeg_round_trip(load_photo(name), 90), None))

@@ -407,10 +407,10 @@ def _border_share(filled: np.ndarray, box: tuple[int, int, int, int], size: tupl
     return on_border / total
 
 
-def _complete(filled: np.ndarray, near: np.ndarray, reach: int) -> np.ndarray:
+def _complete(filled: np.ndarray, near: np.ndarray, reach: int, max_added: float = 0.2) -> np.ndarray:
     """``filled`` with the fill-coloured pixels next to it that the edge map cut off (a burst's
-    spike tips, a narrow tail), up to ``reach`` px away; unchanged when that would add more than a
-    fifth of its area (a fill leaking out through a gap in a faint outline)."""
+    spike tips, a narrow tail), up to ``reach`` px away; unchanged when that would add more than
+    ``max_added`` of its area (a fill leaking out through a gap in a faint outline)."""
     band = (cv2.distanceTransform(1 - filled, cv2.DIST_L2, 3) <= reach).astype(np.uint8) & near
     n, labels = cv2.connectedComponents(band | filled, connectivity=4)
     keep = np.zeros(n, bool)
@@ -418,7 +418,7 @@ def _complete(filled: np.ndarray, near: np.ndarray, reach: int) -> np.ndarray:
     keep[0] = False
     grown = _fill_holes(keep[labels].astype(np.uint8))
     added = int(cv2.countNonZero(grown)) - int(cv2.countNonZero(filled))
-    return grown if added <= 0.2 * cv2.countNonZero(filled) else filled
+    return grown if added <= max_added * cv2.countNonZero(filled) else filled
 
 
 def _crop_box(im: _Image, box: tuple[int, int, int, int], pad: int) -> tuple[int, int, int, int]:
@@ -505,27 +505,41 @@ def _outlined_off_the_frame(crop: np.ndarray, filled: np.ndarray, grow: int, col
 # --------------------------------------------------------------------------------------------
 # Thought trails
 # --------------------------------------------------------------------------------------------
-def _trail(im: _Image, taken: np.ndarray, box: tuple[int, int, int, int], info: dict) -> list[tuple]:
-    """Small outlined circles of the bubble's fill near it (a thought bubble's trail): [(box, mask)].
+def _ringed(part: np.ndarray, blob: np.ndarray, colour, rings: int, p: BubbleParams) -> bool:
+    """Is one of the first ``rings`` one-pixel rings around ``blob`` (mostly) of the line ``colour``?"""
+    dist = cv2.distanceTransform(1 - blob, cv2.DIST_L2, 3)
+    for d in range(1, rings + 1):
+        ring = (dist > d - 1) & (dist <= d)
+        same = _colour_distance(part[ring], colour) <= p.ink_contrast * 0.75
+        if same.size and float(same.mean()) >= p.outline_frac:
+            return True
+    return False
 
-    Each must be a compact, flat, text-free blob of the fill colour within ``trail_reach`` bubble
-    half-sizes, apart from anything taken, whose outermost outline ring (the bubble's outline width
-    out) is the bubble's outline colour; it gets the bubble's outline width."""
+
+def _trail(im: _Image, taken: np.ndarray, box: tuple[int, int, int, int], info: dict) -> list[tuple]:
+    """Small outlined circles of the bubble's fill leading away from it (a thought bubble's trail):
+    [(box, mask)], or [] unless there is a chain of at least two.
+
+    A circle is a round, flat, text-free blob of the fill colour within ``trail_reach`` bubble
+    half-sizes, apart from anything taken, ringed by the bubble's line colour; it gets the bubble's
+    outline width. The chain starts within two of its circle's diameters of the bubble, and each
+    next circle, no larger, lies within two diameters of the one before: a lone white circle beside a
+    bubble (a hand, a door knob, a window pane) is not a trail."""
     p = im.p
     grow, colour = info["grow"], info["outline_colour"]
-    if colour is None:
+    if colour is None or not grow:
         return []
     bx, by, bw, bh = cv2.boundingRect(taken[box[1]:box[3], box[0]:box[2]])
     x0, y0 = box[0] + bx, box[1] + by
     wx0, wy0, wx1, wy1 = _crop_box(im, (x0, y0, x0 + bw, y0 + bh), int(p.trail_reach * max(bw, bh) / 2))
     free = (taken[wy0:wy1, wx0:wx1] == 0) & ~im.wall[wy0:wy1, wx0:wx1]
     near = (_near(im.rgb[wy0:wy1, wx0:wx1], info["fill"], p.fill_tolerance) & free).view(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(near, connectivity=4)
+    n, labels, stats, centres = cv2.connectedComponentsWithStats(near, connectivity=4)
     largest = p.max_trail_part * cv2.countNonZero(taken[y0:y0 + bh, x0:x0 + bw])
-    found = []
+    circles = []  # (centre x, y in the picture, radius, box, shape)
     for i in range(1, n):
         cx, cy, cw, ch, area = (int(v) for v in stats[i])
-        if not p.min_trail_px <= area <= largest or max(cw, ch) > 2 * min(cw, ch) or area < 0.6 * cw * ch:
+        if not p.min_trail_px <= area <= largest or max(cw, ch) > 1.5 * min(cw, ch) or area < 0.6 * cw * ch:
             continue  # not a small round blob
         sx0, sy0, sx1, sy1 = _crop_box(im, (wx0 + cx, wy0 + cy, wx0 + cx + cw, wy0 + cy + ch), grow + 2)
         blob = (labels[sy0 - wy0:sy1 - wy0, sx0 - wx0:sx1 - wx0] == i).astype(np.uint8)
@@ -534,14 +548,40 @@ def _trail(im: _Image, taken: np.ndarray, box: tuple[int, int, int, int], info: 
         part = im.rgb[sy0:sy1, sx0:sx1]
         if float(cv2.meanStdDev(part, mask=blob)[1].max()) > p.max_fill_std:
             continue
-        shape = cv2.dilate(blob, _disk(grow)) if grow else blob
-        edge = (shape - cv2.dilate(blob, _disk(max(0, grow - 1)))) > 0 if grow else None
-        if edge is None or not edge.any() or taken[sy0:sy1, sx0:sx1][shape > 0].any():
+        # Completed as the bubble's fill was (a small blob's rim, cut off by the edge map, is a
+        # large share of it: reach bounds what is added).
+        blob = _complete(blob, _near(part, info["fill"], p.fill_tolerance), grow + 2, max_added=1.0)
+        (_, _), radius = cv2.minEnclosingCircle(cv2.findNonZero(blob))
+        if cv2.countNonZero(blob) < 0.7 * np.pi * radius ** 2:
+            continue  # not round: a window pane, a square button
+        shape = cv2.dilate(blob, _disk(grow))
+        if taken[sy0:sy1, sx0:sx1][shape > 0].any() or not _ringed(part, blob, colour, grow + 1, p):
             continue
-        if float((_colour_distance(part[edge], colour) <= p.ink_contrast * 0.75).mean()) < p.outline_frac:
-            continue  # not ringed by the bubble's line
-        found.append(((sx0, sy0, sx1, sy1), shape))
-    return found
+        centre = (wx0 + centres[i][0], wy0 + centres[i][1])
+        circles.append((centre, radius, (sx0, sy0, sx1, sy1), shape))
+    return [(box, shape) for _, _, box, shape in _chain(circles, taken[wy0:wy1, wx0:wx1], (wx0, wy0))]
+
+
+def _chain(circles: list, bubble: np.ndarray, origin: tuple[int, int]) -> list:
+    """The longest run of circles from the bubble outward (see ``_trail``); [] when shorter than two."""
+    if len(circles) < 2:
+        return []
+    to_bubble = cv2.distanceTransform((bubble == 0).astype(np.uint8), cv2.DIST_L2, 3)
+    gap = lambda c: float(to_bubble[int(c[0][1]) - origin[1], int(c[0][0]) - origin[0]]) - c[1]
+    best: list = []
+    for first in (c for c in circles if gap(c) <= 4 * c[1]):
+        chain, rest = [first], [c for c in circles if c is not first]
+        while True:
+            last = chain[-1]
+            nexts = [c for c in rest if c[1] <= 1.15 * last[1]
+                     and np.hypot(c[0][0] - last[0][0], c[0][1] - last[0][1]) - c[1] - last[1] <= 4 * last[1]]
+            if not nexts:
+                break
+            step = min(nexts, key=lambda c: np.hypot(c[0][0] - last[0][0], c[0][1] - last[0][1]))
+            chain.append(step)
+            rest.remove(step)
+        best = max(best, chain, key=len)
+    return best if len(best) >= 2 else []
 
 
 # --------------------------------------------------------------------------------------------
