@@ -17,9 +17,11 @@ lettering tool gives), then the picture is saved as a JPEG (quality 85-95) and d
 is the bubble's outer shape (outline, fill, tail, trailing circles) where its coverage is at least
 half a pixel: every pixel the drawing made bubble-coloured, none it did not.
 
-Splits (decided before the detector was changed; see docs/image_stages.md): the detector is tuned on
-``TUNING`` only. ``HELD_OUT`` photos and seeds, and the sample generator's ``GENERATOR_HELD_OUT_SEEDS``,
-are only ever scored, never looked at to set a parameter.
+Splits (see docs/image_stages.md): the detector is tuned on ``TUNING`` only (its photos, draw seed 0,
+and the sample generator's seeds 0-3). ``SEEN`` was the first held-out round (the other photos, draw
+seed 1, generator seeds 20-23): scored once with the detector as it was then, it showed three missed
+bubbles, which were looked at, and the detector was changed after; it is reported, no longer held out.
+``HELD_OUT`` (the same photos, draw seed 2, generator seeds 30-33) is only ever scored.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ THOUGHTS = ["설마...", "어쩌지...", "배고프다...", "집에 가고 싶�
 TINTS = [(235, 225, 255), (214, 244, 228), (255, 226, 204), (255, 246, 196), (212, 232, 252), (252, 222, 232)]
 OUTLINE_COLOURS = [(20, 20, 20), (20, 20, 20), (28, 40, 96), (92, 30, 40)]
 GENERATOR_TUNING_SEEDS = (0, 1, 2, 3)
-GENERATOR_HELD_OUT_SEEDS = (20, 21, 22, 23)
+GENERATOR_SEEN_SEEDS = (20, 21, 22, 23)  # the first held-out round, looked at: no longer held out
+GENERATOR_HELD_OUT_SEEDS = (30, 31, 32, 33)
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,11 @@ class Split:
 
 
 TUNING = Split("tuning", ("astronaut", "coffee", "camera", "hubble_deep_field", "brick", "coins"), 0)
-HELD_OUT = Split("held_out", ("chelsea", "rocket", "motorcycle", "gravel", "moon", "clock", "immunohistochemistry",
-                              "grass"), 1)
-SPLITS = {s.name: s for s in (TUNING, HELD_OUT)}
+_OTHER_PHOTOS = ("chelsea", "rocket", "motorcycle", "gravel", "moon", "clock", "immunohistochemistry", "grass")
+SEEN = Split("seen", _OTHER_PHOTOS, 1)
+HELD_OUT = Split("held_out", _OTHER_PHOTOS, 2)
+SPLITS = {s.name: s for s in (TUNING, SEEN, HELD_OUT)}
+GENERATOR_SEEDS = {"tuning": GENERATOR_TUNING_SEEDS, "seen": GENERATOR_SEEN_SEEDS, "held_out": GENERATOR_HELD_OUT_SEEDS}
 
 
 @dataclass
@@ -422,7 +427,7 @@ def page_on_desk(rng: np.random.Generator, desk: np.ndarray) -> np.ndarray:
 
 def bubble_free_cases(split: str) -> list[Case]:
     """Pictures with no bubble: the split's photos as they are and at night, two printed pages, a
-    page on a desk, and (held out) scikit-image's scanned book page and its photo of handwriting."""
+    page on a desk, and (not tuning) scikit-image's scanned book page and its photo of handwriting."""
     s = SPLITS[split]
     rng = np.random.default_rng([s.seed, 99])
     cases = []
@@ -434,7 +439,7 @@ def bubble_free_cases(split: str) -> list[Case]:
         cases.append(Case(f"{split}/free/printed_page_{i}", jpeg_round_trip(printed_page(rng), 90), None))
     desk = load_photo(s.photos[1])
     cases.append(Case(f"{split}/free/page_on_desk", jpeg_round_trip(page_on_desk(rng, desk), 90), None))
-    if split == HELD_OUT.name:
+    if split != TUNING.name:
         for name in ("page", "text"):
             cases.append(Case(f"{split}/free/skimage_{name}", jpeg_round_trip(load_photo(name), 90), None))
     return cases

@@ -161,10 +161,15 @@ class _Image:
         b, g, r = cv2.split(cv2.morphologyEx(self.rgb, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)))
         grad = cv2.max(cv2.max(b, g), r)
         tol = float(np.clip(3.0 * _noise_level(grad) + 6.0, 8.0, 20.0))
-        # Seeds are light or black pixel by pixel, so a fill never merges with mid-tones next to it;
-        # black, printed flat, must be flatter still: a black box beside a dark green wall.
+        # Seeds are light or black pixel by pixel, so a fill never merges with mid-tones next to it.
+        # A soft step between two light colours (a pink box without a line on a light grey wall) is
+        # no seed either: there the step over 5x5 is large and over 3x3 already half the tolerance;
+        # beside a sharp edge (a thin margin next to text) the 3x3 step stays small. Black, printed
+        # flat, must be flatter still: a black box beside a dark green wall.
         luma = cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
-        light = (grad <= tol) & (luma >= self.p.min_fill_luma - 15)
+        b, g, r = cv2.split(cv2.morphologyEx(self.rgb, cv2.MORPH_GRADIENT, np.ones((5, 5), np.uint8)))
+        soft_step = (cv2.max(cv2.max(b, g), r) > tol) & (grad > 0.5 * tol)
+        light = (grad <= tol) & ~soft_step & (luma >= self.p.min_fill_luma - 15)
         dark = (grad <= min(tol, self.p.dark_flat_tolerance)) & (luma <= self.p.max_dark_fill_luma + 10)
         self.flat = (light | dark).astype(np.uint8)
         # An outline, even a faint 1 px one, is a wall a fill cannot flow through.
@@ -493,13 +498,16 @@ def _judge(im: _Image, fill: np.ndarray, box: tuple[int, int, int, int], region:
 
 
 def _outlined_off_the_frame(crop: np.ndarray, filled: np.ndarray, grow: int, colour, p: BubbleParams) -> bool:
-    """Is the outline's outermost ring of ``colour`` nearly all along the shape? (The frame edge cuts
-    the ring off where it cuts the bubble: only the rest is there to be read.)"""
-    ring = (cv2.dilate(filled, _disk(grow)) - cv2.dilate(filled, _disk(grow - 1))) > 0
-    if not ring.any():
-        return False
-    same = _colour_distance(crop[ring], colour) <= p.ink_contrast * 0.75
-    return float(same.mean()) >= p.min_cut_outline
+    """Is one ring of the outline (its core: the first ring may be a blend with the fill, the last
+    with what lies beyond) of ``colour`` nearly all along the shape? The frame edge cuts the rings off
+    where it cuts the bubble: only the rest is there to be read."""
+    dist = cv2.distanceTransform(1 - filled, cv2.DIST_L2, 3)
+    for d in range(1, grow + 1):
+        ring = (dist > d - 1) & (dist <= d)
+        same = _colour_distance(crop[ring], colour) <= p.ink_contrast * 0.75
+        if same.size and float(same.mean()) >= p.min_cut_outline:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from storyboard.devkit import bubble_styles as bs
 
 def test_splits_share_no_photo_and_no_seed():
     assert not set(bs.TUNING.photos) & set(bs.HELD_OUT.photos)
-    assert bs.TUNING.seed != bs.HELD_OUT.seed
-    assert not set(bs.GENERATOR_TUNING_SEEDS) & set(bs.GENERATOR_HELD_OUT_SEEDS)
+    assert len({s.seed for s in bs.SPLITS.values()}) == len(bs.SPLITS) == 3
+    seeds = [set(v) for v in bs.GENERATOR_SEEDS.values()]
+    assert sum(len(v) for v in seeds) == len(set().union(*seeds))
     with pytest.raises(ValueError, match="not a held_out photo"):
         bs.styled_cases("held_out", photos=("astronaut",))
 
