@@ -18,10 +18,13 @@ is the bubble's outer shape (outline, fill, tail, trailing circles) where its co
 half a pixel: every pixel the drawing made bubble-coloured, none it did not.
 
 Splits (see docs/image_stages.md): the detector is tuned on ``TUNING`` only (its photos, draw seed 0,
-and the sample generator's seeds 0-3). ``SEEN`` was the first held-out round (the other photos, draw
-seed 1, generator seeds 20-23): scored once with the detector as it was then, it showed three missed
-bubbles, which were looked at, and the detector was changed after; it is reported, no longer held out.
-``HELD_OUT`` (the same photos, draw seed 2, generator seeds 30-33) is only ever scored.
+and the sample generator's seeds 0-3). ``SEEN`` holds what was held out once and then looked at, so is
+no longer held out but still reported: round 1 (the other photos with draw seed 1, generator seeds
+20-23) showed three missed bubbles, and the detector was changed after; round 2's 24-image test set
+of generator seed 30 showed a black caption box on a near-black background, a box no reader can see,
+and the sample generator was changed after (seeds 30-33 join the seen ones). ``HELD_OUT`` (the other
+photos with draw seed 2, scored once, after the last detector change; generator seeds 40-43) is only
+ever scored.
 """
 from __future__ import annotations
 
@@ -43,8 +46,8 @@ THOUGHTS = ["설마...", "어쩌지...", "배고프다...", "집에 가고 싶�
 TINTS = [(235, 225, 255), (214, 244, 228), (255, 226, 204), (255, 246, 196), (212, 232, 252), (252, 222, 232)]
 OUTLINE_COLOURS = [(20, 20, 20), (20, 20, 20), (28, 40, 96), (92, 30, 40)]
 GENERATOR_TUNING_SEEDS = (0, 1, 2, 3)
-GENERATOR_SEEN_SEEDS = (20, 21, 22, 23)  # the first held-out round, looked at: no longer held out
-GENERATOR_HELD_OUT_SEEDS = (30, 31, 32, 33)
+GENERATOR_SEEN_SEEDS = (20, 21, 22, 23, 30, 31, 32, 33)  # held out once, then looked at
+GENERATOR_HELD_OUT_SEEDS = (40, 41, 42, 43)
 
 
 @dataclass(frozen=True)

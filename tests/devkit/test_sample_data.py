@@ -407,3 +407,17 @@ def test_a_tinted_caption_in_a_grey_conti_frame_is_a_pen_drawn_box():
     assert len(found) == 1 and bubble_scores(pred, grey_mask)["iou"] >= 0.85
     _, _, [colour_record] = draw_bubbles(np.random.default_rng(1), page.copy(), (40, 60, 360, 240), None, [style])
     assert colour_record["outline_px"] == 0 and colour_record["fill"] != [255, 255, 255]
+
+
+def test_a_black_caption_is_never_drawn_on_black():
+    """A black caption box without a line on a near-black picture would have no visible edge (no mask
+    could be right): there it becomes the yellow caption; on a light picture it stays black."""
+    from storyboard.devkit.sample_data.bubbles import BubbleStyle, draw_bubbles
+
+    style = BubbleStyle("caption_box", tail=False, vertical=False, outline=0, tinted=False)
+    fills = []
+    for level in (15, 180):
+        page = np.full((300, 400, 3), level, np.uint8)
+        _, _, [record] = draw_bubbles(np.random.default_rng(1), page, (0, 0, 400, 300), None, [style])
+        fills.append(record["fill"])
+    assert fills == [[250, 232, 130], [18, 18, 18]]

@@ -185,7 +185,7 @@ def test_held_out_photo_styles_meet_the_targets(held_out_photos):
 
 
 def test_held_out_generator_seed_meets_the_targets(tmp_path):
-    """A sample set from a generator seed the detector was never tuned on or looked at (30; tuning: 0-3)."""
+    """A sample set from a generator seed the detector was never tuned on or looked at (40; tuning: 0-3)."""
     from storyboard.devkit.bubble_styles import GENERATOR_HELD_OUT_SEEDS
     from storyboard.devkit.sample_data import generate
 

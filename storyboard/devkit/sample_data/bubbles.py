@@ -195,6 +195,17 @@ def _for_grayscale(style: BubbleStyle) -> BubbleStyle:
     return style
 
 
+def _visible_on(style: BubbleStyle, page: np.ndarray, outer: np.ndarray) -> BubbleStyle:
+    """A black caption box without a line, placed on a near-black part of the picture (a night sky,
+    dark hair), would have no visible edge: nobody could say where it ends, so no mask could be
+    right. There it is the yellow caption box instead."""
+    if style.shape != "caption_box" or style.outline or style.tinted:
+        return style
+    ring = cv2.dilate(outer.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & ~outer
+    around = page[ring].mean(axis=0) @ np.array([0.299, 0.587, 0.114]) if ring.any() else 255.0
+    return replace(style, tinted=True) if around < 60 else style
+
+
 def _colours(style: BubbleStyle, gray: bool, rng) -> tuple[tuple, tuple, tuple]:
     """(fill, outline, text) colours."""
     ink = (20, 20, 20)
@@ -231,6 +242,7 @@ def draw_bubbles(rng: np.random.Generator, page: np.ndarray, content: tuple[int,
         if placed is None:
             continue
         shape, outer, centre = placed
+        style = _visible_on(style, out, outer)
         fill, line, ink = _colours(style, gray, rng)
         out[outer] = line
         out[shape] = fill
