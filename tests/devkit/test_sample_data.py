@@ -386,3 +386,38 @@ def test_bubble_pixels_differ_from_a_bubble_free_render(sample_data, truth):
     assert changed[mask].mean() > 0.95  # the rest: fill or ink that happens to equal the background
     saved = np.asarray(Image.open(sample_data / truth["images"][spec.path]["bubble_mask"])) > 0
     assert (saved == mask).all()
+
+
+def test_a_tinted_caption_in_a_grey_conti_frame_is_a_pen_drawn_box():
+    """In colour a tinted caption box may have no outline; in a grey pencil frame the same style would
+    be grey on grey with no border, which nobody can see: there it is a white box with a pen line,
+    and the bubble detector finds it. The colour version, drawn alike, keeps its tint and no line."""
+    from storyboard.devkit.sample_data.bubbles import BubbleStyle, draw_bubbles
+    from storyboard.images.bubbles import bubble_scores, detect_bubbles
+
+    style = BubbleStyle("caption_box", tail=False, vertical=False, outline=0, tinted=True)
+    rng = np.random.default_rng(0)
+    paper = np.clip(247 + rng.normal(0, 3, (300, 400)), 0, 255).astype(np.uint8)
+    paper[60:240, 40:360] = np.clip(225 + rng.normal(0, 4, (180, 320)), 0, 255).astype(np.uint8)  # a marker wash
+    page = np.repeat(paper[..., None], 3, axis=2)
+    grey, grey_mask, [grey_record] = draw_bubbles(np.random.default_rng(1), page.copy(), (40, 60, 360, 240), None,
+                                                  [style], gray=True)
+    assert grey_record["outline_px"] > 0 and grey_record["fill"] == [255, 255, 255]
+    pred, found = detect_bubbles(grey)
+    assert len(found) == 1 and bubble_scores(pred, grey_mask)["iou"] >= 0.85
+    _, _, [colour_record] = draw_bubbles(np.random.default_rng(1), page.copy(), (40, 60, 360, 240), None, [style])
+    assert colour_record["outline_px"] == 0 and colour_record["fill"] != [255, 255, 255]
+
+
+def test_a_black_caption_is_never_drawn_on_black():
+    """A black caption box without a line on a near-black picture would have no visible edge (no mask
+    could be right): there it becomes the yellow caption; on a light picture it stays black."""
+    from storyboard.devkit.sample_data.bubbles import BubbleStyle, draw_bubbles
+
+    style = BubbleStyle("caption_box", tail=False, vertical=False, outline=0, tinted=False)
+    fills = []
+    for level in (15, 180):
+        page = np.full((300, 400, 3), level, np.uint8)
+        _, _, [record] = draw_bubbles(np.random.default_rng(1), page, (0, 0, 400, 300), None, [style])
+        fills.append(record["fill"])
+    assert fills == [[250, 232, 130], [18, 18, 18]]

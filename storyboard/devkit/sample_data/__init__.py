@@ -61,7 +61,7 @@ from storyboard.devkit.sample_data.scenes import conti_page, conti_sketch, film_
 __all__ = ["generate", "already_generated", "GENERATOR_VERSION", "MIN_COUNT"]
 
 GENERATOR = "storyboard.devkit.sample_data"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: captions never invisible: pen-drawn boxes in grey conti frames, no black box on black
 TRUTH_FILE = "ground_truth.json"
 NOTE_PLACES = {"indoor": ["거실", "반지하 방", "부엌", "복도", "사무실", "계단"],
                "outdoor": ["골목", "강변", "들판", "옥상", "버스 정류장", "논두렁"]}

@@ -8,7 +8,7 @@ sensible mask. (JPEG compression later smears a pixel or two around it, as it do
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -186,6 +186,26 @@ def _layout(rng, style: BubbleStyle, page_size, content, face_box, taken, text_h
     return None if best is None else best[1:]
 
 
+def _for_grayscale(style: BubbleStyle) -> BubbleStyle:
+    """The style as a storyboard artist draws it in a grey pencil frame. A tinted caption box without
+    an outline would turn into a borderless grey box on grey paper (grey 226-230 on a 222-247 panel),
+    which no reader could see either; in a conti a caption is a white box drawn with a pen line."""
+    if style.shape == "caption_box" and style.outline == 0 and style.tinted:
+        return replace(style, outline=2, tinted=False)
+    return style
+
+
+def _visible_on(style: BubbleStyle, page: np.ndarray, outer: np.ndarray) -> BubbleStyle:
+    """A black caption box without a line, placed on a near-black part of the picture (a night sky,
+    dark hair), would have no visible edge: nobody could say where it ends, so no mask could be
+    right. There it is the yellow caption box instead."""
+    if style.shape != "caption_box" or style.outline or style.tinted:
+        return style
+    ring = cv2.dilate(outer.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & ~outer
+    around = page[ring].mean(axis=0) @ np.array([0.299, 0.587, 0.114]) if ring.any() else 255.0
+    return replace(style, tinted=True) if around < 60 else style
+
+
 def _colours(style: BubbleStyle, gray: bool, rng) -> tuple[tuple, tuple, tuple]:
     """(fill, outline, text) colours."""
     ink = (20, 20, 20)
@@ -209,6 +229,7 @@ def draw_bubbles(rng: np.random.Generator, page: np.ndarray, content: tuple[int,
     taken, records = [], []
     content_h = content[3] - content[1]
     for style in styles:
+        style = _for_grayscale(style) if gray else style
         text = str(rng.choice(NARRATION if style.shape == "caption_box" else DIALOGUE))
         size = int(np.clip(round(content_h * rng.uniform(0.05, 0.07)), 11, 30))
         for _ in range(3):  # shrink the text when the bubble does not fit
@@ -221,6 +242,7 @@ def draw_bubbles(rng: np.random.Generator, page: np.ndarray, content: tuple[int,
         if placed is None:
             continue
         shape, outer, centre = placed
+        style = _visible_on(style, out, outer)
         fill, line, ink = _colours(style, gray, rng)
         out[outer] = line
         out[shape] = fill
