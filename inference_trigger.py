@@ -29,7 +29,7 @@ from storyboard.inference.prompt_language import CACHE_FILE, TRANSLATE_CHOICES
 from storyboard.inference.run import run_inference
 from storyboard.inference.settings import add_model_arguments, add_sampling_arguments
 
-BASE_MODEL = Path("./model_sd")  # the base Stable Diffusion diffusers folder the checkpoint was trained on
+BASE_MODEL = Path("./model_sd")  # the base trained on: a diffusers folder or one .safetensors / .ckpt file
 CHECKPOINT = Path("./model_sd_weight/train_fs")  # the training output folder (LoRA + embeddings/ + manifest)
 OUTPUT = Path("./model_output/sample.png")  # a .png file, or a folder for several images
 PROMPT = None  # the prompt; None: give --prompt, --shot or --prompts-file

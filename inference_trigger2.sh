@@ -8,7 +8,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-BASE_MODEL="${BASE_MODEL:-./model_sd}"                        # base Stable Diffusion diffusers folder
+BASE_MODEL="${BASE_MODEL:-./model_sd}"                        # base SD 1.x/2.x: a diffusers folder or one .safetensors / .ckpt file
 CHECKPOINT="${CHECKPOINT-./model_sd_weight/train_fs}"         # training output folder; CHECKPOINT= : the bare base
 PROMPT="${PROMPT:-<fs_trg>, full shot, Eye level, outdoor}"   # a trigger in the prompt is kept as it is
 NEGATIVE_PROMPT="${NEGATIVE_PROMPT:-}"                        # e.g. "blurry, lowres"

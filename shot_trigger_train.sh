@@ -22,7 +22,7 @@ TOKEN_INITIALIZER=""          # comma-separated words, one per token (or one for
 TEXT_ENCODER_MODE="lora"      # frozen | lora (the seed: text encoder tuned with the tokens) | full
 
 # ---- paths ----------------------------------------------------------------------------------
-MODEL_DIR="./model_sd"                       # base Stable Diffusion 1.x/2.x diffusers folder
+MODEL_DIR="./model_sd"                       # base SD 1.x/2.x: a diffusers folder or one .safetensors / .ckpt file
 DATA_DIR="./Dataset_fin"                     # images + metadata.jsonl (file_name, text)
 OUTPUT_DIR="./model_sd_weight/train_fs"      # LoRA, embeddings, manifest, checkpoints, previews
 

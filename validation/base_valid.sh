@@ -10,7 +10,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-BASE_MODEL="${BASE_MODEL:-$HERE/../model_sd}"     # base Stable Diffusion diffusers folder
+BASE_MODEL="${BASE_MODEL:-$HERE/../model_sd}"     # base SD 1.x/2.x: a diffusers folder or one .safetensors / .ckpt file
 PROMPTS="${PROMPTS:-$HERE/validation.jsonl}"      # prompts (make_validation_jsonl.py)
 OUTPUT_DIR="${OUTPUT_DIR:-$HERE/output}"          # images go to OUTPUT_DIR/base/
 

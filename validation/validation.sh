@@ -13,7 +13,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # --- what to validate ------------------------------------------------------------------------
-BASE_MODEL="${BASE_MODEL:-$HERE/../model_sd}"                        # base Stable Diffusion diffusers folder
+BASE_MODEL="${BASE_MODEL:-$HERE/../model_sd}"                        # base SD 1.x/2.x: a diffusers folder or one .safetensors / .ckpt file
 CHECKPOINTS=("${CHECKPOINT:-$HERE/../model_sd_weight/train_fs}")     # training output folders: ("a" "b" ...)
 PROMPTS="${PROMPTS:-$HERE/validation.jsonl}"                         # prompts (make_validation_jsonl.py)
 OUTPUT_DIR="${OUTPUT_DIR:-$HERE/output}"                             # images go to OUTPUT_DIR/<checkpoint name>/

@@ -178,11 +178,11 @@ def run_inference(args: argparse.Namespace, warn=print) -> InferenceResult:
     if args.num_images < 1:
         raise UserError(f"--num-images {args.num_images} must be at least 1")
     records = _records(args)
-    base = base_from_args(args)  # a folder or one checkpoint file, checked before anything loads
     scales = {float(r.get("lora_scale", settings.lora_scale)) for r in records}
     fuse = not args.no_fuse and len(scales) == 1 and scales == {settings.lora_scale}
 
     ckpt = read_checkpoint(args.checkpoint, vocab) if args.checkpoint else None
+    base = base_from_args(args, ckpt)  # a folder or one checkpoint file, checked before anything loads
     # Prompts are checked before anything loads: a wrong trigger costs no loading time.
     prompts = plan_prompts(args, records, vocab, ckpt)
     check_translate_flags(args.translate, args.translate_model, any(p.language.korean for p in prompts))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storyboard.artifacts.base_model import PREDICTION_TYPES, BaseModel, resolve_base
+from storyboard.artifacts.read import Checkpoint
 from storyboard.artifacts.samplers import BASE_SCHEDULER_LABELS as BASE_SCHEDULER_LABELS  # the base's own, by class
 from storyboard.core.cli import UserError
 from storyboard.core.runtime import add_dtype_argument
@@ -106,10 +107,25 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: Settings |
     group.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default: %(default)s)")
 
 
-def base_from_args(args: argparse.Namespace) -> BaseModel:
-    """``--base-model`` checked and described (``--base-config``, ``--prediction-type``); no weights read."""
-    return resolve_base(args.base_model, config=getattr(args, "base_config", None),
-                        prediction_type=getattr(args, "prediction_type", None))
+def base_from_args(args: argparse.Namespace, checkpoint: Checkpoint | None = None) -> BaseModel:
+    """``--base-model`` checked and described (``--base-config``, ``--prediction-type``); no weights read.
+
+    Without ``--prediction-type``, a checkpoint trained with ``--prediction_type`` other than its base's
+    own keeps what its manifest recorded: it was trained to predict that, so it must be sampled so."""
+    flag = getattr(args, "prediction_type", None)
+    base = resolve_base(args.base_model, config=getattr(args, "base_config", None), prediction_type=flag)
+    recorded = trained_prediction(checkpoint)
+    if flag is None and recorded is not None and recorded != base.prediction_type:
+        base = resolve_base(args.base_model, config=getattr(args, "base_config", None), prediction_type=recorded)
+        base.evidence["prediction"] = f"{checkpoint.path.name}/trigger_manifest.json"
+    return base
+
+
+def trained_prediction(checkpoint: Checkpoint | None) -> str | None:
+    """The prediction type a training output was trained with (its manifest's ``base_model``)."""
+    recorded = checkpoint.manifest.get("base_model") if checkpoint is not None else None
+    value = recorded.get("prediction_type") if isinstance(recorded, dict) else None
+    return value if value in PREDICTION_TYPES else None
 
 
 def size_arg(value: str) -> int | None:

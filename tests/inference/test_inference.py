@@ -305,3 +305,26 @@ def test_launcher_variables_and_flags(tmp_path, tiny_models, trained_checkpoint)
     assert proc.returncode == 0, proc.stderr
     params = parse_parameters(read_png_parameters(root / "model_output" / "launcher.png"))
     assert (params["Prompt"], params["Seed"], params["Steps"]) == (WEBUI_SEED_PROMPT, "7", "3")
+
+
+def test_a_checkpoint_trained_with_another_prediction_type_is_sampled_with_it(tiny_models, tmp_path):
+    """A folder trained with ``--prediction_type v_prediction`` on an epsilon base is sampled as
+    v-prediction without the user repeating the flag; the flag still wins when given."""
+    from types import SimpleNamespace
+
+    from storyboard.artifacts.read import Checkpoint
+    from storyboard.inference.settings import base_from_args
+
+    def checkpoint(prediction: str) -> Checkpoint:
+        return Checkpoint(path=tmp_path / "train_v", name="train_v", lora_file=None, embeddings={}, initializers={},
+                          manifest={"base_model": {"prediction_type": prediction}},
+                          text_encoder_dir=None, tokenizer_dir=None)
+
+    args = SimpleNamespace(base_model=tiny_models / "model_sd", base_config=None, prediction_type=None)
+    assert base_from_args(args).prediction_type == "epsilon"  # control: the base's own
+    trained = base_from_args(args, checkpoint("v_prediction"))
+    assert trained.prediction_type == "v_prediction"
+    assert "trigger_manifest.json" in trained.evidence["prediction"]
+    assert base_from_args(args, checkpoint("epsilon")).prediction_type == "epsilon"
+    args.prediction_type = "epsilon"  # the user's flag wins over the manifest
+    assert base_from_args(args, checkpoint("v_prediction")).prediction_type == "epsilon"
