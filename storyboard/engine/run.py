@@ -7,8 +7,9 @@ function (model work: a Ray actor loads the model once, then takes job after job
 yields one result per job, in the order of ``jobs``, whatever ran them. A job that raises becomes
 ``work.failed(job, detail)``, so one bad record is rejected with its reason instead of ending the run.
 
-In process: jobs run here, or in ``processes`` spawned worker processes (CPU work), or through the
-stage's own loop (``Work.in_process``, e.g. the embedding's decode-ahead loader). On Ray: see
+In process: jobs run here, or in ``processes`` spawned worker processes (CPU work); a stage with a
+faster loop of its own for this process (the embedding's decode-ahead loader) asks ``Engine.on_ray``
+and keeps its loop when the answer is no. On Ray: see
 ``storyboard.engine.on_ray`` (imported only when ``--ray-address`` is given: this module stays light,
 so a front door's ``--help`` and the default path never import Ray).
 """
@@ -54,17 +55,19 @@ class Engine:
             self.cluster = None
         return False
 
+    @property
+    def on_ray(self) -> bool:
+        return self.cluster is not None
+
     def map(self, jobs: Sequence[Any], work: Work) -> Iterator[Any]:
         """One result per job, in the order of ``jobs``."""
         if not jobs:
             return
         if self.cluster is not None:
-            for result, node in self.cluster.map(jobs, work):
-                self.records_per_node[node] += 1
+            for job, (result, node) in zip(jobs, self.cluster.map(jobs, work)):
+                if node is not None:
+                    self.records_per_node[node] += work.records(job) if work.records else 1
                 yield result
-            return
-        if work.in_process is not None:
-            yield from work.in_process(jobs)
             return
         for job, outcome in zip(jobs, self._outcomes_here(jobs, work)):
             yield outcome.result if outcome.error is None else work.failed(job, outcome.error)

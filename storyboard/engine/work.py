@@ -5,7 +5,7 @@ that job's failure, never the run's end). ``storyboard.engine.run`` runs the wor
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +85,7 @@ class Work:
     failed: Callable[[Any, str], Any] = _no_failure  # the result for a job that raised or whose worker died
     processes: int = 1  # in process: worker processes for ``function`` work (spawned); 1 = this process
     jobs_per_task: int = 1  # on Ray: jobs a task / actor call takes at once
-    in_process: Callable[[Sequence[Any]], Iterator[Any]] | None = None  # the stage's own in-process loop
+    records: Callable[[Any], int] | None = None  # records in one job (a batch: ``len``); None: one each
 
     @property
     def uses_model(self) -> bool:

@@ -196,7 +196,7 @@ def _draw(runner: Engine, todo: list[_Item], t: Target, workers: int) -> None:
     bar = progress(None, desc=f"line art ({s.backend})", total=len(todo), unit="img")
     if s.backend in MODEL_BACKENDS:
         batches = [jobs[i:i + s.batch_size] for i in range(0, len(jobs), s.batch_size)]
-        work = Work("line art", model=partial(ModelLines, t), failed=_failed_batch)
+        work = Work("line art", model=partial(ModelLines, t), failed=_failed_batch, records=len)
         results = (r for batch in runner.map(batches, work) for r in batch)
     else:
         work = Work("line art", function=partial(draw_cpu, t), failed=_failed_one, processes=workers,
