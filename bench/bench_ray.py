@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -137,17 +138,70 @@ def bench_embedding(scratch: Path, count: int, batch_size: int, repeats: int) ->
         features[with_smalls] = np.stack([got[i] for i in range(len(paths))])
         return time.perf_counter() - start
 
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process: encoder and decoders
+        return usage.ru_utime + usage.ru_stime
+
     with torch.inference_mode():
         model.encode_image(batches[0][:2])  # warm-up
     variants = {"bare": bare, "small": lambda: ours(True), "full": lambda: ours(False)}
     best = {name: float("inf") for name in variants}
+    cpu = {name: float("inf") for name in variants}
     for repeat in range(repeats):
         for name, run in variants.items():
+            before = cpu_seconds()
             best[name] = min(best[name], run())
+            cpu[name] = min(cpu[name], cpu_seconds() - before)
             print(f"  embedding repeat {repeat + 1}, {name}: {count / best[name]:.1f} img/s (best so far)", flush=True)
-    return {"images": count, "bare_img_s": count / best["bare"], "small_img_s": count / best["small"],
+    cpu_ms = {name: 1000 * seconds / count for name, seconds in cpu.items()}
+    one_thread = one_thread_costs(model, preprocess, paths, smalls, batches[0])
+    return {"one_thread_ms": one_thread, "images": count, "bare_img_s": count / best["bare"],
+            "small_img_s": count / best["small"],
             "full_png_img_s": count / best["full"], "decode_workers": default_workers(clip.device),
+            "cpu_ms_per_image": cpu_ms,
             "max_feature_diff_small_vs_full": float(np.abs(features[True] - features[False]).max())}
+
+
+def one_thread_costs(model, preprocess, paths, smalls, batch) -> dict:
+    """CPU ms per image on one thread (no OpenMP spinning, so steady on a busy machine): decoding +
+    preprocessing a 1024 px PNG square, its 256 px small copy, and encoding one image."""
+    import torch
+
+    from storyboard.clustering.decode import ImageFiles
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        costs = {}
+        for name, files in (("decode_full", ImageFiles(paths, preprocess, 224)),
+                            ("decode_small", ImageFiles(paths, preprocess, 224, smalls))):
+            start = time.process_time()
+            for i in range(len(paths)):
+                files[i]
+            costs[name] = 1000 * (time.process_time() - start) / len(paths)
+        start = time.process_time()
+        with torch.inference_mode():
+            model.encode_image(batch)
+        costs["encode"] = 1000 * (time.process_time() - start) / len(batch)
+        return costs
+    finally:
+        torch.set_num_threads(threads)
+
+
+def table_rows(fin: dict | None, emb: dict | None) -> list[tuple]:
+    rows = []
+    if fin:
+        rows.append((f"03 finalize, {fin['records']} records -> 1024 px, bubbles", "in process, one worker per core",
+                     f"{fin['in_process_img_s']:.2f}", "--ray-address (Ray on 127.0.0.1, running)",
+                     f"{fin['ray_img_s']:.2f}", f"{fin['ray_img_s'] / fin['in_process_img_s']:.0%}", ">= 85 %"))
+    if emb:
+        rows += [(f"embedding, ViT-B-32, {emb['images']} squares", "bare encode_image, pre-decoded",
+                  f"{emb['bare_img_s']:.1f}", "ours, 256 px small copies", f"{emb['small_img_s']:.1f}",
+                  f"{emb['small_img_s'] / emb['bare_img_s']:.0%}", ">= 95 %"),
+                 ("  (reference: the old path)", "bare encode_image, pre-decoded", f"{emb['bare_img_s']:.1f}",
+                  "ours, 1024 px PNG squares", f"{emb['full_png_img_s']:.1f}",
+                  f"{emb['full_png_img_s'] / emb['bare_img_s']:.0%}", "")]
+    return rows
 
 
 def main(argv=None) -> int:
@@ -156,6 +210,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=64, help="images the embedding encodes")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", choices=("finalize", "embedding"), default=None, help="run one of the two")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bench_ray.json")
     args = parser.parse_args(argv)
     os.environ.setdefault("STORYBOARD_NO_PROGRESS", "1")
@@ -163,29 +218,39 @@ def main(argv=None) -> int:
 
     from storyboard.core.cli import format_table
 
+    load_before = os.getloadavg()[0]
+    fin = emb = None
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as scratch:
-        fin = bench_finalize(Path(scratch), args.records, args.repeats)
-        emb = bench_embedding(Path(scratch), args.images, args.batch_size, args.repeats)
-    rows = [
-        (f"03 finalize, {fin['records']} records -> 1024 px, bubbles", "in process, one worker per core",
-         f"{fin['in_process_img_s']:.2f}", "--ray-address (Ray on 127.0.0.1, running)", f"{fin['ray_img_s']:.2f}",
-         f"{fin['ray_img_s'] / fin['in_process_img_s']:.0%}", ">= 85 %"),
-        (f"embedding, ViT-B-32, {emb['images']} squares", "bare encode_image, pre-decoded",
-         f"{emb['bare_img_s']:.1f}", "ours, 256 px small copies", f"{emb['small_img_s']:.1f}",
-         f"{emb['small_img_s'] / emb['bare_img_s']:.0%}", ">= 95 %"),
-        ("  (reference: the old path)", "bare encode_image, pre-decoded", f"{emb['bare_img_s']:.1f}",
-         "ours, 1024 px PNG squares", f"{emb['full_png_img_s']:.1f}",
-         f"{emb['full_png_img_s'] / emb['bare_img_s']:.0%}", ""),
-    ]
-    print(f"\n{platform.platform()}, {os.cpu_count()} CPUs, best of {args.repeats}, {time.strftime('%Y-%m-%d')}\n")
-    print(format_table(rows, header=("what", "baseline", "img/s", "ours", "img/s", "of baseline", "target")))
-    print(f"\nRay start-up, paid once per run by --ray-address local (not in the rates above): "
-          f"{fin['ray_local_start_s']:.1f} s")
-    print(f"features from the small copies vs from the 1024 px PNGs: max difference "
-          f"{emb['max_feature_diff_small_vs_full']:.1e}")
+        if args.only != "embedding":
+            fin = bench_finalize(Path(scratch), args.records, args.repeats)
+        if args.only != "finalize":
+            emb = bench_embedding(Path(scratch), args.images, args.batch_size, args.repeats)
+    load = (load_before, os.getloadavg()[0])
+    print(f"\n{platform.platform()}, {os.cpu_count()} CPUs, best of {args.repeats}, {time.strftime('%Y-%m-%d')}, "
+          f"load average {load[0]:.1f} before / {load[1]:.1f} after (other jobs on the machine slow both sides)\n")
+    print(format_table(table_rows(fin, emb), header=("what", "baseline", "img/s", "ours", "img/s", "of baseline",
+                                                      "target")))
+    if emb:
+        cpu_ms = emb["cpu_ms_per_image"]
+        print(f"\nembedding CPU ms per image (steadier than wall time on a shared machine): bare {cpu_ms['bare']:.0f}, "
+              f"small copies {cpu_ms['small']:.0f}, 1024 px PNGs {cpu_ms['full']:.0f}; what the CPU cost leaves "
+              f"attainable on a machine of its own: {cpu_ms['bare'] / cpu_ms['small']:.0%} with the small copies, "
+              f"{cpu_ms['bare'] / cpu_ms['full']:.0%} without")
+        one = emb["one_thread_ms"]
+        print(f"on one thread, CPU ms per image: encode {one['encode']:.0f}, decode + preprocess a 1024 px PNG "
+              f"{one['decode_full']:.1f}, its 256 px small copy {one['decode_small']:.1f}: where decoding and encoding "
+              f"share the cores, end to end can reach encode / (encode + decode) = "
+              f"{one['encode'] / (one['encode'] + one['decode_small']):.0%} of bare with the small copies, "
+              f"{one['encode'] / (one['encode'] + one['decode_full']):.0%} without")
+        print(f"features from the small copies vs from the 1024 px PNGs: max difference "
+              f"{emb['max_feature_diff_small_vs_full']:.1e}")
+    if fin:
+        print(f"Ray start-up, paid once per run by --ray-address local (not in the rates above): "
+              f"{fin['ray_local_start_s']:.1f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "platform": platform.platform(),
-                                    "cpus": os.cpu_count(), "finalize": fin, "embedding": emb}, indent=1) + "\n")
+                                    "cpus": os.cpu_count(), "load_average": load, "finalize": fin,
+                                    "embedding": emb}, indent=1) + "\n")
     print(f"results: {args.out}")
     return 0
 

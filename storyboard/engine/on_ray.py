@@ -137,7 +137,8 @@ class RayCluster:
         except UserError:
             ray.shutdown()
             raise
-        return cls(s, context.address_info.get("gcs_address") or address, address == LOCAL, gpus)
+        info = getattr(context, "address_info", None) or {}
+        return cls(s, info.get("gcs_address") or address, address == LOCAL, gpus)
 
     def close(self) -> None:
         ray.shutdown()
@@ -204,7 +205,7 @@ class RayCluster:
         except Exception as exc:
             user = _user_error_in(exc)
             if user is not None:
-                raise UserError(f"on the Ray workers: {user}") from None
+                raise UserError(f"{work.name} on the Ray workers: {user}") from None
             raise
 
 

@@ -81,7 +81,7 @@ class Engine:
             yield call_job(call, job)
 
     def info(self) -> dict[str, Any]:
-        """For run.json: which engine ran the work, where, and how many jobs each node took."""
+        """For run.json: which engine ran the work, where, and how many records each node processed."""
         if self.cluster is None and not self.settings.on_ray:
             return {"name": "in-process"}
         info = {"name": "ray", "address": self.settings.ray_address}
@@ -101,5 +101,5 @@ def _in_processes(jobs: Sequence[Any], work: Work) -> Iterator[Outcome]:
             # an error here, not a hang.
             yield from pool.map(call_job, [work.function] * len(jobs), jobs, chunksize=1)
         except BrokenProcessPool as exc:
-            raise UserError(f"a worker process died ({exc}); finished records are kept, and a re-run with "
-                            "fewer --workers resumes") from None
+            raise UserError(f"a {work.name} worker process died ({exc}); finished records are kept, and a re-run "
+                            "with fewer --workers resumes") from None
