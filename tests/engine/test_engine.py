@@ -57,6 +57,35 @@ def test_worker_sizes_need_an_address_and_sane_values():
     assert EngineSettings(ray_address="10.0.0.5:6379", cpus_per_worker=0.5).check().on_ray
 
 
+_CONNECT_PROBE = """
+import os, sys, types
+from storyboard.engine.run import Engine
+from storyboard.engine.work import EngineSettings
+
+class Stub:  # stands in for on_ray.RayCluster: reports what Ray would see when it starts
+    @classmethod
+    def connect(cls, settings, needs_gpu):
+        print(os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), "ray" in sys.modules)
+        raise SystemExit(0)
+
+sys.modules["storyboard.engine.on_ray"] = types.SimpleNamespace(RayCluster=Stub)
+Engine(EngineSettings(ray_address=sys.argv[1])).__enter__()
+"""
+
+
+@pytest.mark.parametrize(("address", "expected"), [("local", "0 False"), ("10.0.0.5:6379", "None False")])
+def test_local_sets_the_loopback_variable_before_ray_is_imported(address, expected):
+    """``--ray-address local`` keeps Ray on 127.0.0.1 by setting RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray
+    is imported (Ray reads it once, at import); a real cluster's address leaves it alone (the driver must
+    announce its outward address there). Checked with a stub, so no Ray starts."""
+    env = ray_env()
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    proc = subprocess.run([sys.executable, "-c", _CONNECT_PROBE, address], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+
+
 def test_the_default_path_never_imports_ray(sample_data, tmp_path):
     """Without --ray-address a whole 03 run happens without Ray in the process (the negative control:
     the same probe sees Ray once it is imported)."""
