@@ -121,7 +121,8 @@ class RayCluster:
             address = os.environ["RAY_ADDRESS"]
         if address not in (LOCAL, AUTO):
             _probe(address)
-        options = {"runtime_env": {"py_modules": [str(PACKAGE)], "excludes": ["__pycache__", "*.pyc"]},
+        # The workers import the driver's own storyboard/ (not the demo's and tests' devkit, never needed there).
+        options = {"runtime_env": {"py_modules": [str(PACKAGE)], "excludes": ["__pycache__", "*.pyc", "devkit/"]},
                    "logging_level": logging.ERROR, "log_to_driver": False}
         try:
             if address == LOCAL:
