@@ -10,7 +10,8 @@ whose default follows the seed's layout, so with the models in place nothing nee
 
 Writes ``../Dataset_fin/lineart/<name>.png`` (``--out-dir``), rewrites ``../Dataset_fin/metadata.jsonl`` with
 ``lineart_file`` (atomically; ``--output`` writes elsewhere), and ``../Dataset_fin/lineart/rejects.jsonl``
-+ ``run.json``. Resumable: a re-run skips finished images. See docs/image_stages.md.
++ ``run.json``. Resumable: a re-run skips finished images. ``--ray-address`` draws on a Ray cluster
+(docs/scaling.md). See docs/image_stages.md.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import os
 
 from storyboard.core.cli import UserError, run_main
 from storyboard.core.runtime import add_dtype_argument
+from storyboard.engine.work import add_engine_arguments, engine_settings
 from storyboard.images.lineart import BACKENDS, DEFAULT_NEGATIVE, DEFAULT_PROMPT, DETECTORS, LineartSettings
 from storyboard.images.lineart_stage import run_lineart
 
@@ -47,6 +49,7 @@ BATCH_SIZE = 4
 DEVICE = "auto"  # auto = cuda when a GPU is present, else Apple's mps, else cpu
 DTYPE = "auto"  # auto = fp16 on a GPU, fp32 on the CPU (also fp16 | bf16 | fp32)
 WORKERS = None  # processes for xdog / canny; None = one per CPU core
+RAY_ADDRESS = None  # None = in process; "local", "auto" or "host:port" = drawn on Ray (models as actors)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--device", default=DEVICE)
     add_dtype_argument(group, help_auto="fp16 on a GPU, fp32 on the CPU")
     parser.set_defaults(dtype=DTYPE)
+    add_engine_arguments(parser, RAY_ADDRESS, models=True)
     return parser
 
 
@@ -102,7 +106,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     config = {"data_dir": str(args.data_dir), "metadata": str(metadata), "output": str(output)}
     stage = run_lineart(metadata, args.data_dir, output, settings, workers=workers, config=config,
-                        out_dir=args.out_dir)
+                        out_dir=args.out_dir, engine=engine_settings(args))
     print(stage.summary_table())
     return 0
 

@@ -7,7 +7,8 @@ Run from inside ``Data_preprocessing_method/`` (the seed's command line):
 Writes ``Dataset_fin/images/``, ``Dataset_fin/masks/`` (bubble masks at the source size, white =
 removed), ``Dataset_fin/metadata.jsonl`` (``file_name`` + ``text`` + every earlier field + the square
 transform), ``Dataset_fin/rejects.jsonl`` and ``Dataset_fin/run.json``. Resumable (a re-run skips
-finished images), parallel (``--workers``), shardable (``--shard i/n``). See docs/image_stages.md.
+finished images), parallel (``--workers``), shardable (``--shard i/n``), and runs on a Ray cluster with
+``--ray-address`` (docs/scaling.md). See docs/image_stages.md.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import os
 from storyboard.core.balanced_set import is_balanced_set
 from storyboard.core.cli import UserError, run_main
 from storyboard.core.runtime import parse_shard
+from storyboard.engine.work import add_engine_arguments, engine_settings
 from storyboard.images.bubbles import INPAINT_METHODS
 from storyboard.images.finalize import IMAGE_FORMATS, FinalizeSettings, finalize_dataset
 from storyboard.images.squares import FITS, PAD_FILLS
@@ -36,9 +38,11 @@ BUBBLES = True  # find speech bubbles / caption boxes and paint them out
 INPAINT = "smooth"  # smooth (push-pull fill: no streaks, fastest) | telea | ns (OpenCV inpainting)
 FORMAT = "png"  # png | jpg | webp
 QUALITY = 95  # jpg / webp quality
+SMALL_SIZE = 256  # side of the small copies (small/<name>.png) clustering, gallery and contact sheet read; 0 = none
 WORKERS = None  # processes; None = one per CPU core
 SHARD = None  # "i/n": only this machine's share of the records
 MAX_PIXELS = 89_478_485  # larger images are rejected as decompression bombs (Pillow's default limit)
+RAY_ADDRESS = None  # None = in process; "local", "auto" or "host:port" = the images are made on Ray
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,12 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--inpaint", choices=INPAINT_METHODS, default=INPAINT, help="how bubbles are painted out")
     group.add_argument("--format", dest="image_format", choices=IMAGE_FORMATS, default=FORMAT, help="image file format")
     group.add_argument("--quality", type=int, default=QUALITY, help="jpg / webp quality")
+    group.add_argument("--small-size", type=int, default=SMALL_SIZE,
+                       help="least side of the small copy written beside each square (small/), 0 = none")
     group.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                        help="reject images with more pixels than this (decompression-bomb guard)")
     group = parser.add_argument_group("scale-out")
-    group.add_argument("--workers", type=int, default=WORKERS, help="worker processes (default: one per CPU core)")
+    group.add_argument("--workers", type=int, default=WORKERS,
+                       help="worker processes (default: one per CPU core; with --ray-address, Ray's workers instead)")
     group.add_argument("--shard", default=SHARD, metavar="I/N",
                        help="process only records whose position is I modulo N (see docs/image_stages.md)")
+    add_engine_arguments(parser, RAY_ADDRESS)
     return parser
 
 
@@ -75,13 +83,13 @@ def main(argv=None) -> int:
         raise UserError(f"--workers {workers}: needs at least 1")
     settings = FinalizeSettings(size=args.size, fit=args.fit, pad_fill=args.pad_fill, bubbles=args.bubbles,
                                 inpaint=args.inpaint, image_format=args.image_format, quality=args.quality,
-                                max_pixels=args.max_pixels)
+                                small_size=args.small_size, max_pixels=args.max_pixels)
     config = {"image_root": str(args.image_root), "metadata": str(args.metadata), "out": str(args.out)}
     shard = parse_shard(args.shard)
     # Re-running this stage after clustering replaces the balanced set that training reads.
     replacing_balanced = shard[1] == 1 and is_balanced_set(Path(args.out) / "metadata.jsonl")
     stage = finalize_dataset(args.metadata, args.image_root, args.out, settings, workers=workers,
-                             shard=shard, config=config)
+                             shard=shard, config=config, engine=engine_settings(args))
     print(stage.summary_table())
     if replacing_balanced:
         print(f"note: this replaced the balanced set that run_clip_clustering.py had written in {args.out}; "

@@ -9,7 +9,8 @@ Run from the project root (or from inside Dataset_clustering_method/; the defaul
 The finalize stage's ``metadata.jsonl`` is kept as ``metadata_prebalance.jsonl`` and read from there, so
 a re-run gives the same output. Embeddings are cached by image content; ``--shard i/n`` (or
 ``accelerate launch`` with several processes) embeds a share per machine / GPU, and
-``--merge-caches CACHE...`` folds the shards' caches together. See docs/clustering.md.
+``--merge-caches CACHE...`` folds the shards' caches together; ``--ray-address`` encodes on a Ray
+cluster instead (docs/scaling.md). See docs/clustering.md.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from storyboard.clustering.cache import merge_caches
 from storyboard.clustering.settings import ClusteringSettings, parse_k_range, parse_naming
 from storyboard.clustering.stage import run_clip_clustering
 from storyboard.core.cli import add_vocabulary_arguments, run_main
+from storyboard.engine.work import add_engine_arguments, engine_settings
 
 # Paths are relative to the project root (the folder holding Dataset_fin/); run from inside
 # Dataset_clustering_method/ they are taken from its parent instead.
@@ -47,6 +49,7 @@ BALANCE_TARGET = "median"  # per shot size: a count, min, median, max, or none
 REPEAT = False  # repeat records of small shot sizes up to the target
 MAX_REPEAT = 3  # at most this many copies of one record in all
 SEED = 0  # k-means, balancing
+RAY_ADDRESS = None  # None = embed in process; "local", "auto" or "host:port" = CLIP actors on a Ray cluster
 
 
 def _root() -> Path:
@@ -119,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--gallery-dir", type=Path, default=root / GALLERY_DIR)
     out.add_argument("--gallery-per-cluster", type=int, default=12)
     add_vocabulary_arguments(parser)
+    add_engine_arguments(parser, RAY_ADDRESS, models=True)
     return parser
 
 
@@ -142,7 +146,7 @@ def main(argv=None) -> int:
         min_purity=args.min_purity, min_labelled=args.min_labelled, estimate=args.estimate,
         estimator_bounds=args.estimator_bounds, balance_target=args.balance_target, repeat=args.repeat,
         max_repeat=args.max_repeat, gallery_dir=args.gallery_dir, gallery_per_cluster=args.gallery_per_cluster,
-        vocabulary=args.vocabulary,
+        vocabulary=args.vocabulary, engine=engine_settings(args),
     )
     print(run_clip_clustering(settings).summary_text())
     return 0

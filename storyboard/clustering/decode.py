@@ -65,20 +65,37 @@ def open_for_embedding(path: str | os.PathLike, min_side: int | None = None):
         raise RecordError("unreadable_image", f"{path.name}: {type(exc).__name__}: {exc}") from None
 
 
-class ImageFiles:
-    """A map-style dataset: index -> (index, preprocessed tensor or None, error detail)."""
+def open_smallest(path: str | os.PathLike, small: str | os.PathLike | None, min_side: int | None):
+    """``open_for_embedding`` of the small copy when there is one whose short side is still at least
+    ``min_side``, else of ``path`` (no ``min_side``: a full-size decode, always of ``path``)."""
+    if small is not None and min_side:
+        try:
+            with Image.open(small) as img:
+                big_enough = min(img.size) >= min_side
+            if big_enough:
+                return open_for_embedding(small, min_side)
+        except (OSError, RecordError, ValueError, SyntaxError):
+            pass  # a missing or broken small copy only costs the full file's decode
+    return open_for_embedding(path, min_side)
 
-    def __init__(self, paths: Sequence[Path], preprocess: Callable, min_side: int | None):
+
+class ImageFiles:
+    """A map-style dataset: index -> (index, preprocessed tensor or None, error detail). ``smalls``: each
+    file's small copy, or None (see ``open_smallest``)."""
+
+    def __init__(self, paths: Sequence[Path], preprocess: Callable, min_side: int | None,
+                 smalls: Sequence[Path | None] | None = None):
         self.paths = list(paths)
         self.preprocess = preprocess
         self.min_side = min_side
+        self.smalls = list(smalls) if smalls is not None else [None] * len(self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            image = open_for_embedding(self.paths[i], self.min_side)
+            image = open_smallest(self.paths[i], self.smalls[i], self.min_side)
             return i, self.preprocess(image), None
         except RecordError as exc:
             return i, None, (exc.reason, exc.detail)

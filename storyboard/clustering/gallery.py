@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from storyboard.clustering.decode import open_for_embedding
+from storyboard.clustering.decode import open_smallest
 from storyboard.core.html import escape, relative_href, render_table, write_page
 from storyboard.core.records import atomic_write_bytes
 
@@ -95,13 +95,14 @@ def plot_map(points: np.ndarray, clusters: Sequence[int], names: dict[int, str],
     return _save(fig, path)
 
 
-def make_thumb(image: Path, thumbs: Path, key: str) -> Path:
-    """A small JPEG of ``image`` named by its content hash ``key``; kept when it already exists."""
+def make_thumb(image: Path, thumbs: Path, key: str, small: Path | None = None) -> Path:
+    """A small JPEG of ``image`` (read from its ``small`` copy when there is one) named by its content
+    hash ``key``; kept when it already exists."""
     out = thumbs / f"{key[:20]}.jpg"
     if out.is_file():
         return out
     try:
-        img = open_for_embedding(image, THUMB_SIZE)
+        img = open_smallest(image, small, THUMB_SIZE)
     except Exception:  # the gallery never fails on one picture
         img = Image.new("RGB", (THUMB_SIZE, THUMB_SIZE), (200, 200, 200))
     img.thumbnail((THUMB_SIZE, THUMB_SIZE))
@@ -116,6 +117,7 @@ class GalleryItem:
     image: Path
     key: str  # content sha256
     caption: str
+    small: Path | None = None  # the image's small copy (finalize's small_file), read for the thumbnail
 
 
 @dataclass
@@ -140,9 +142,10 @@ def write_gallery(folder: Path, title: str, summary: str, overview: list[tuple[s
     thumbs = folder / "thumbs"
     thumbs.mkdir(exist_ok=True)
     groups = block_groups or [("", blocks)]
-    every = {(i.image, i.key) for _, bs in groups for b in bs for i in (*b.items, *b.more)}
+    every = {(i.image, i.key, i.small) for _, bs in groups for b in bs for i in (*b.items, *b.more)}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        made = dict(zip(every, pool.map(lambda pair: make_thumb(pair[0], thumbs, pair[1]), every)))
+        made = {(image, key): thumb for (image, key, _), thumb in
+                zip(every, pool.map(lambda item: make_thumb(item[0], thumbs, item[1], item[2]), every))}
 
     def thumbs_html(items: Sequence[GalleryItem]) -> str:
         figures = []
@@ -223,7 +226,7 @@ def build_gallery(folder: Path, settings, vocab, rows, clustering, names, final,
         return " · ".join(bits)
 
     def item(i: int) -> GalleryItem:
-        return GalleryItem(rows[i].path, rows[i].key, caption(i))
+        return GalleryItem(rows[i].path, rows[i].key, caption(i), rows[i].small)
 
     cluster_rows = []
     cluster_blocks = []

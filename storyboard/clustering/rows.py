@@ -21,6 +21,7 @@ class Row:
     path: Path
     tag: str | None
     key: str = ""
+    small: Path | None = None  # finalize's small copy of the image (``small_file``), when it is there
 
     @property
     def id(self) -> str:
@@ -48,13 +49,26 @@ def read_rows(stage: StageRecords, inputs: Inputs, vocab: Vocabulary) -> list[Ro
         except RecordError as exc:
             stage.reject_item(item, exc)
             continue
-        rows.append(Row(item, record, path, tag))
+        rows.append(Row(item, record, path, tag, small=small_copy(inputs.data_root, record)))
     if stage.read == 0:
         raise UserError(f"{inputs.input} holds no records; nothing was written")
     if not rows:
         why = ", ".join(f"{n} {r}" for r, n in sorted(stage.rejected_by_reason.items()))
         raise UserError(f"none of the {stage.read} records of {inputs.input} is usable ({why}); nothing was written")
     return rows
+
+
+def small_copy(data_root: Path, record: dict) -> Path | None:
+    """The record's ``small_file`` when it names a file under the data root; an odd value is ignored
+    (the full image is read instead), never a reason to reject the record."""
+    rel = record.get("small_file")
+    if not isinstance(rel, str) or not rel:
+        return None
+    try:
+        path = resolve_under(data_root, rel)
+    except RecordError:
+        return None
+    return path if path.is_file() else None
 
 
 def reject_row(stage: StageRecords, row: Row, reason: str, detail: str, **more: Any) -> None:

@@ -35,6 +35,7 @@ from storyboard.core.cli import UserError, format_table
 from storyboard.core.records import RecordError, StageRecords, read_jsonl, resolve_under
 from storyboard.core.runtime import Processes
 from storyboard.core.vocabulary import Vocabulary
+from storyboard.engine.run import Engine
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,7 +97,9 @@ def embed_share(s: ClusteringSettings, inputs: Inputs, shard: tuple[int, int], p
 # --------------------------------------------------------------------------------------------
 # The full run
 # --------------------------------------------------------------------------------------------
-def cluster_all(s: ClusteringSettings, inputs: Inputs, vocab: Vocabulary) -> ClusteringResult:
+def cluster_all(s: ClusteringSettings, inputs: Inputs, vocab: Vocabulary,
+                engine: Engine | None = None) -> ClusteringResult:
+    """The full run; ``engine``: where the embedding is encoded (default: here)."""
     clip = load_clip_for(s)
     cache = EmbeddingCache(s.cache_dir, clip.fingerprint, clip.info)
     if inputs.copy_from is not None:
@@ -107,7 +110,8 @@ def cluster_all(s: ClusteringSettings, inputs: Inputs, vocab: Vocabulary) -> Clu
         rows = read_rows(stage, inputs, vocab)
         # 1. content hashes, embeddings (cached)
         rows = _hash_rows(stage, rows)
-        rows, feats = _embed_rows(stage, rows, clip, cache, s, inputs.input)
+        rows, feats = _embed_rows(stage, rows, clip, cache, s, inputs.input, engine)
+        stage.config["engine"] = engine.info() if engine is not None else {"name": "in-process"}
         # 2. duplicates
         rows, feats, warnings = _collapse_duplicates(stage, rows, feats, s.dedupe_threshold)
         # 3. k-means
@@ -156,12 +160,16 @@ def _hash_rows(stage: StageRecords, rows: list[Row]) -> list[Row]:
 
 
 def _embed_rows(stage: StageRecords, rows: list[Row], clip: ClipModel, cache: EmbeddingCache, s: ClusteringSettings,
-                source: Path) -> tuple[list[Row], np.ndarray]:
+                source: Path, engine: Engine | None) -> tuple[list[Row], np.ndarray]:
     """The rows CLIP could embed and their features (one row each); identical images are embedded once."""
     keyed: dict[str, Path] = {}
+    smalls: dict[str, Path] = {}
     for row in rows:
-        keyed.setdefault(row.key, row.path)
-    outcome = embed_keys(clip, cache, keyed, s)
+        if row.key not in keyed:
+            keyed[row.key] = row.path
+            if row.small is not None:
+                smalls[row.key] = row.small
+    outcome = embed_keys(clip, cache, keyed, s, smalls=smalls, engine=engine)
     embedded = []
     for row in rows:
         if row.key in outcome.failed:

@@ -3,10 +3,11 @@ scikit-learn): the front door parses its flags into ``ClusteringSettings`` with 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 from storyboard.core.cli import UserError
+from storyboard.engine.work import EngineSettings
 
 NAMING_PATHS = ("manual", "labels", "zero-shot", "estimator")
 DEFAULT_NAMING = ("manual", "labels", "zero-shot", "estimator")
@@ -46,9 +47,11 @@ class ClusteringSettings:
     gallery_dir: Path | None = Path("Dataset_clustering_method/gallery")
     gallery_per_cluster: int = 12
     vocabulary: Path | None = None
+    engine: EngineSettings = field(default_factory=EngineSettings)  # where the embedding is encoded
 
     def as_config(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else list(map(str, v)) if isinstance(v, tuple) else v)
+        return {k: (str(v) if isinstance(v, Path) else list(map(str, v)) if isinstance(v, tuple)
+                    else asdict(v) if is_dataclass(v) else v)
                 for k, v in self.__dict__.items()}
 
 

@@ -30,13 +30,19 @@ The stage's modules: ``settings`` (flags' values and checks), ``inputs`` (which 
 share's embedding, or the full run: ``rows``, ``embed`` + ``cache``, ``naming``, ``balancing``,
 ``report``). This module is light: it checks the settings and plans the inputs, and only then loads the
 model libraries.
+
+``--ray-address`` encodes the images on a Ray cluster (``storyboard.engine``); the cluster is joined
+(and checked: an address where nothing answers, or GPUs asked of a cluster without them, is one line)
+before anything is written. It replaces ``--shard`` and ``accelerate launch``, which it cannot combine with.
 """
 from __future__ import annotations
 
 from storyboard.clustering.inputs import plan_inputs
 from storyboard.clustering.settings import ClusteringSettings, check_settings
+from storyboard.core.cli import UserError
 from storyboard.core.runtime import current_processes, parse_shard
 from storyboard.core.vocabulary import load_vocabulary
+from storyboard.engine.run import Engine
 
 
 def run_clip_clustering(s: ClusteringSettings):
@@ -49,6 +55,9 @@ def run_clip_clustering(s: ClusteringSettings):
     # Under accelerate launch the main process loads the vocabulary after the wait the others block in,
     # so a bad --vocabulary file cannot leave them waiting for it.
     vocab = None if sharing else load_vocabulary(s.vocabulary)
+    if sharing and s.engine.on_ray:
+        raise UserError("--ray-address spreads the embedding over a Ray cluster itself: leave out --shard and "
+                        "accelerate launch")
     inputs = plan_inputs(s)
     from storyboard.clustering.run import cluster_all, embed_share  # noqa: PLC0415 (heavy: loads torch/open_clip/sklearn only after the settings and inputs are checked)
 
@@ -58,4 +67,5 @@ def run_clip_clustering(s: ClusteringSettings):
         if shard[1] > 1 or not procs.is_main:
             return share
         vocab = load_vocabulary(s.vocabulary)
-    return cluster_all(s, inputs, vocab)
+    with Engine(s.engine, needs_gpu=True) as engine:  # joined (or refused) before anything is written
+        return cluster_all(s, inputs, vocab, engine)

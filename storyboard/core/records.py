@@ -45,6 +45,8 @@ REJECT_REASONS: dict[str, str] = {
     "conflicting_labels": "the record carries two different values for one label",
     "unmatched_title": "the film title matches no canonical title",
     "ambiguous_title": "the film title matches several canonical titles equally well",
+    "worker_failed": "the worker process handling the record died on every retry (a crash in a decoder or a model, "
+                     "out of memory), or the record's work raised an error the stage did not expect",
 }
 
 # The fields a record may carry, who sets them and what they hold. Records may hold others too;
@@ -67,6 +69,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "cluster_distance": ((int, float), "distance to the cluster centroid"),
     "bubble_mask_file": ((str,), "bubble mask PNG relative to the data root (white = removed)"),
     "lineart_file": ((str,), "line-art image relative to the data root"),
+    "small_file": ((str,), "the square's small PNG copy relative to the data root, for embedding and previews"),
 }
 
 

@@ -6,7 +6,8 @@ square | line art, one row per record, for a sample of records.
 Writes ``<out>.png`` (one picture) and ``<out>.html`` (the same rows with the record's id, shot
 size, prompt and bubble count, every thumbnail a link), thumbnails in ``<out>_files/``; ``--out``
 defaults to ``<data-dir>/contact_sheet``. The mask column shows the removed area in red over the
-original. A column whose file a record lacks (no bubble pass, no line art yet) is a grey cell.
+original. A column whose file a record lacks (no bubble pass, no line art yet) is a grey cell. The
+cleaned square is read from its small copy (``small_file``, 256 px) when that fills a cell.
 """
 from __future__ import annotations
 
@@ -60,7 +61,15 @@ def _read(path: Path | None) -> np.ndarray | None:
         return None
 
 
-def row_images(record: dict, data_dir: Path, image_root: Path | None) -> list[np.ndarray | None]:
+def _square(record: dict, data_dir: Path, cell: int, under) -> np.ndarray | None:
+    """The cleaned square, from its small copy (``small_file``) when that still fills a cell."""
+    small = _read(under(data_dir, record.get("small_file")))
+    if small is not None and min(small.shape[:2]) >= cell:
+        return small
+    return _read(under(data_dir, record.get("file_name")))
+
+
+def row_images(record: dict, data_dir: Path, image_root: Path | None, cell: int = 256) -> list[np.ndarray | None]:
     """The four pictures of one record (None where a stage's file is absent)."""
     def under(root: Path | None, rel) -> Path | None:
         if root is None or not rel:
@@ -79,7 +88,7 @@ def row_images(record: dict, data_dir: Path, image_root: Path | None) -> list[np
             overlay = original.copy()
             hit = mask > 0
             overlay[hit] = (overlay[hit] * 0.35 + np.array([255, 0, 0]) * 0.65).astype(np.uint8)
-    return [original, overlay, _read(under(data_dir, record.get("file_name"))),
+    return [original, overlay, _square(record, data_dir, cell, under),
             _read(under(data_dir, record.get("lineart_file")))]
 
 
@@ -107,7 +116,7 @@ def write_contact_sheet(data_dir: Path, out: Path, image_root: Path | None = Non
     rows, html_rows = [header], []
     for n, record in enumerate(chosen):
         cells, links = [], []
-        for c, image in enumerate(row_images(record, data_dir, image_root)):
+        for c, image in enumerate(row_images(record, data_dir, image_root, cell)):
             tile = _fit(image, cell)
             if c == 0:
                 _label(tile, f"{n + 1}. {record.get('shot_size') or ''}")

@@ -14,14 +14,21 @@ For every record of ``metadata_translated.jsonl`` (in input order):
    ``--fit subject``), ``bubble_mask_file``, ``bubbles`` and ``bubble_area``.
 
 Output: ``OUT/metadata.jsonl``, ``OUT/rejects.jsonl``, ``OUT/run.json``, ``OUT/images/``,
-``OUT/masks/`` and ``OUT/.state/`` (one small JSON per finished image: source hash + settings key +
-what it added to its record).
+``OUT/masks/``, ``OUT/small/`` (each square box-reduced by the integer factor ``size // small_size``, when
+that is 2 or more, as PNG: what embedding, the gallery and the contact sheet read instead of the full
+square; with the default 1024 and 256 it is exactly the 256 px image the embedding's reduced decode of
+the full square gives) and ``OUT/.state/`` (one small JSON per finished image: source hash + settings key + what it
+added to its record).
 
 Resume: an image whose ``.state`` entry matches its source bytes (SHA-256) and the settings is not
 decoded again; its outputs are reused. Every file is written atomically and the state entry last, so
 a run killed at any moment (even ``kill -9``) leaves only finished images marked, and the next run
 produces the same folder as one uninterrupted run. A full (unsharded) run ends by deleting leftover
 temp files and the outputs of images no longer in the input.
+
+Where the work runs (``storyboard.engine``): in this process or ``workers`` spawned processes, or as
+Ray tasks on a cluster (``--ray-address``); each image is written by whoever processes it, the
+records are written here, in input order, at the end. The files are the same either way.
 
 Shards: ``--shard i/n`` takes the records whose position in the input is ``i`` modulo ``n``; it writes
 ``OUT/shards/metadata.i-of-n.jsonl`` (+ rejects, run) and the images/masks of its records, never
@@ -32,18 +39,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
+from PIL import Image
 
 from storyboard.core.cli import UserError, progress
 from storyboard.core.imageio import load_rgb_bytes, read_image_bytes
@@ -57,6 +62,8 @@ from storyboard.core.records import (
     read_jsonl,
     resolve_under,
 )
+from storyboard.engine.run import Engine
+from storyboard.engine.work import EngineSettings, Work
 from storyboard.images.bubbles import INPAINT_METHODS, METHOD_VERSION, remove_bubbles
 from storyboard.images.squares import FITS, PAD_FILLS, detect_subject, make_square
 
@@ -64,6 +71,7 @@ from storyboard.images.squares import FITS, PAD_FILLS, detect_subject, make_squa
 STAGE_VERSION = 1
 IMAGE_FORMATS = ("png", "jpg", "webp")
 STATE_DIR = ".state"
+SMALL_DIR = "small"
 REQUIRED_FIELDS = ("id", "image", "text")
 
 
@@ -78,6 +86,7 @@ class FinalizeSettings:
     inpaint: str = "smooth"
     image_format: str = "png"
     quality: int = 95  # jpg / webp
+    small_size: int = 256  # the small copy's least side (0: none)
     max_pixels: int = 89_478_485
 
     def key(self) -> str:
@@ -100,6 +109,13 @@ class FinalizeSettings:
             raise UserError(f"--format {self.image_format!r}: choose from {', '.join(IMAGE_FORMATS)}")
         if not 1 <= self.quality <= 100:
             raise UserError(f"--quality {self.quality} is out of range (1..100)")
+        if self.small_size and self.small_size < 16:
+            raise UserError(f"--small-size {self.small_size}: 0 (none) or at least 16")
+
+    @property
+    def writes_small(self) -> bool:
+        """A small copy only where it is at least 2x smaller than the square (else the square is small)."""
+        return bool(self.small_size) and self.size // self.small_size >= 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,10 +222,23 @@ def _process_image(task: Task) -> dict:
     square, transform = make_square(rgb, s.size, s.fit, s.pad_fill, subject_box)
     additions["square"] = transform.as_record()
     atomic_write_bytes(out / additions["file_name"], encode_image(square, s.image_format, s.quality))
+    if s.writes_small:
+        additions["small_file"] = f"{SMALL_DIR}/{task.name}.png"
+        atomic_write_bytes(out / additions["small_file"], encode_image(small_copy(square, s.small_size), "png", 0))
+        files.append(additions["small_file"])
     # The state entry is written last: it exists only when every file it names is complete.
     atomic_write_json(_state_path(out, task.name),
                       {"source_sha256": sha, "settings_key": key, "files": files, "additions": additions})
     return {"additions": additions, "cached": False}
+
+
+def small_copy(square, small_size: int):
+    """The square box-averaged by the integer factor ``side // small_size`` (Pillow's ``reduce``: what
+    ``clustering.decode.open_for_embedding`` does to a full square it opens for a smaller model input)."""
+    factor = max(1, square.shape[0] // small_size)
+    if factor == 1:
+        return square
+    return np.asarray(Image.fromarray(square).reduce(factor))
 
 
 def _encode_mask(mask) -> bytes:
@@ -219,25 +248,15 @@ def _encode_mask(mask) -> bytes:
     return buf.tobytes()
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already; threads inside would only fight
 
 
-def run_tasks(tasks: Sequence[Task], workers: int) -> Iterator[dict]:
-    """Results in the order of ``tasks``, whatever the number of worker processes."""
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield process_image(task)
-        return
-    ctx = multiprocessing.get_context("spawn")  # no fork after OpenCV threads started
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker) as pool:
-        try:
-            # Unlike multiprocessing.Pool, a worker that dies (out of memory, a crash in a decoder)
-            # is an error here, not a hang.
-            yield from pool.map(process_image, tasks, chunksize=1)
-        except BrokenProcessPool as exc:
-            raise UserError(f"a worker process died ({exc}); finished images are kept, and a re-run with "
-                            "fewer --workers resumes") from None
+def _failed(task: Task, detail: str) -> dict:
+    return {"reason": "worker_failed", "detail": f"{task.name}: {detail}"}
+
+
+FINALIZE_WORK = Work("finalize", function=process_image, setup=init_worker, failed=_failed, jobs_per_task=4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +296,7 @@ def prune(out: Path, keep: set[str]) -> int:
     the state entries (and the files they name) of images no longer in the input. Returns a count."""
     removed = 0
     own = f".tmp-{os.getpid()}"
-    for folder in (out, out / "images", out / "masks", out / STATE_DIR):
+    for folder in (out, out / "images", out / "masks", out / SMALL_DIR, out / STATE_DIR):
         if folder.is_dir():
             for path in folder.glob(".*.tmp-*"):
                 if path.is_file() and not path.name.endswith(own):
@@ -300,7 +319,7 @@ def prune(out: Path, keep: set[str]) -> int:
             state_file.unlink(missing_ok=True)
             removed += 1
     # Outputs of a kept image made under other settings (e.g. images/x.png after --format jpg).
-    for sub in ("images", "masks"):
+    for sub in ("images", "masks", SMALL_DIR):
         folder = out / sub
         if folder.is_dir():
             for path in folder.iterdir():
@@ -312,10 +331,10 @@ def prune(out: Path, keep: set[str]) -> int:
 
 def finalize_dataset(metadata: Path, image_root: Path, out: Path, settings: FinalizeSettings,
                      workers: int = 1, shard: tuple[int, int] | None = (0, 1),
-                     config: dict | None = None) -> StageRecords:
+                     config: dict | None = None, engine: EngineSettings | None = None) -> StageRecords:
     """Run the stage (see the module doc); returns the closed ``StageRecords`` for its summary.
     ``shard``: ``(i, n)`` as ``core.runtime.parse_shard`` gives it; ``(0, 1)`` (or None) is the whole input,
-    not a shard."""
+    not a shard. ``engine``: where the images are made (default: here, ``workers`` processes)."""
     settings.check()
     metadata, image_root, out = Path(metadata), Path(image_root), Path(out)
     if not metadata.is_file():
@@ -332,32 +351,38 @@ def finalize_dataset(metadata: Path, image_root: Path, out: Path, settings: Fina
         output = out / "shards" / f"metadata.{i}-of-{n}.jsonl"
     else:
         output = out
-    tasks = [Task(p.name, str(resolve_under(image_root, p.item.record["image"]).resolve()), str(out), settings)
-             for p in planned if p.error is None]
-    for sub in ("images", "masks", STATE_DIR):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-
-    config = dict(config or {}, settings=asdict(settings), settings_key=settings.key(),
-                  workers=workers, shard=f"{shard[0]}/{shard[1]}" if shard else None)
-    cached = made = 0
-    with StageRecords(output, stage="finalize", config=config) as stage:
-        results = run_tasks(tasks, workers)
-        bar = progress(planned, desc="finalize", total=len(planned), unit="img")
-        for entry in bar:
-            stage.count_read()
-            item = entry.item
-            if entry.error is not None:
-                stage.reject_item(item, entry.error)
-                continue
-            result = next(results)
-            if "reason" in result:
-                stage.reject(result["reason"], result["detail"], record=item.record, source=item.source, line=item.line)
-                continue
-            cached += result["cached"]
-            made += not result["cached"]
-            stage.accept({**item.record, **result["additions"]})
-        stage.extra["images made"] = made
-        stage.extra["images reused (resume)"] = cached
-        if not shard:
-            stage.extra["stale files removed"] = prune(out, {p.name for p in planned if p.name})
+    # Workers on other machines open the same absolute paths (shared storage).
+    tasks = [Task(p.name, str(resolve_under(image_root, p.item.record["image"]).resolve()), str(out.resolve()),
+                  settings) for p in planned if p.error is None]
+    with Engine(engine or EngineSettings()) as runner:  # joins a cluster (or fails) before anything is written
+        for sub in ("images", "masks", SMALL_DIR, STATE_DIR):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        config = dict(config or {}, settings=asdict(settings), settings_key=settings.key(),
+                      workers=workers, shard=f"{shard[0]}/{shard[1]}" if shard else None)
+        with StageRecords(output, stage="finalize", config=config) as stage:
+            results = runner.map(tasks, replace(FINALIZE_WORK, processes=workers))
+            _collect(stage, planned, results)
+            stage.config["engine"] = runner.info()
+            if not shard:
+                stage.extra["stale files removed"] = prune(out, {p.name for p in planned if p.name})
     return stage
+
+
+def _collect(stage: StageRecords, planned: list[_Planned], results) -> None:
+    """Every planned record to the output or the rejects, in input order."""
+    cached = made = 0
+    for entry in progress(planned, desc="finalize", total=len(planned), unit="img"):
+        stage.count_read()
+        item = entry.item
+        if entry.error is not None:
+            stage.reject_item(item, entry.error)
+            continue
+        result = next(results)
+        if "reason" in result:
+            stage.reject(result["reason"], result["detail"], record=item.record, source=item.source, line=item.line)
+            continue
+        cached += result["cached"]
+        made += not result["cached"]
+        stage.accept({**item.record, **result["additions"]})
+    stage.extra["images made"] = made
+    stage.extra["images reused (resume)"] = cached

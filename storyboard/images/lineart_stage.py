@@ -1,12 +1,17 @@
 """The line-art stage: finalized records in, ``lineart/<name>.png`` + ``lineart_file`` out (see
-``storyboard.images.lineart`` for the backends, resume and output layout)."""
+``storyboard.images.lineart`` for the backends, resume and output layout).
+
+Where the drawing runs (``storyboard.engine``): here (xdog / canny in ``workers`` processes; a model
+backend loaded once, batch by batch), or on a Ray cluster (``--ray-address``): xdog / canny as tasks,
+the model backends as actors that each load the model once and take batch after batch. Each record's
+line art and state entry are written by the worker that draws it; the records are written here.
+"""
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,6 +30,8 @@ from storyboard.core.records import (
     read_jsonl,
     resolve_under,
 )
+from storyboard.engine.run import Engine
+from storyboard.engine.work import EngineSettings, Work
 from storyboard.images.lineart import MODEL_BACKENDS, OUT_DIR, LineartSettings, check_settings, cpu_lines, record_seed
 
 STATE_DIR = ".state"
@@ -81,78 +88,126 @@ def _plan(items, data_dir: Path, out: Path, s: LineartSettings) -> list[_Item]:
     return planned
 
 
-def _save(entry: _Item, lines: np.ndarray, data_dir: Path, out: Path, s: LineartSettings) -> None:
-    rel = f"{out.relative_to(data_dir).as_posix()}/{entry.name}.png"
+# --------------------------------------------------------------------------------------------
+# One record's line art (runs wherever the engine puts it: here, a worker process, a Ray worker)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LineJob:
+    """One square to draw: what a worker needs, and nothing it would have to read the metadata for."""
+
+    name: str
+    source: str  # the square's absolute path (the same on every node: shared storage)
+    sha: str
+    seed_id: str  # the record's id, which its sdxl-controlnet seed comes from
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the line art goes (absolute paths) and how it is drawn."""
+
+    data_dir: str
+    out: str
+    settings: LineartSettings
+
+
+def save_lines(job: LineJob, lines: np.ndarray, t: Target) -> dict:
+    """Write one record's line art and then its state entry (atomically); returns its record fields."""
+    data_dir, out, s = Path(t.data_dir), Path(t.out), t.settings
+    rel = f"{out.relative_to(data_dir).as_posix()}/{job.name}.png"
     image = lines if lines.ndim == 2 else cv2.cvtColor(lines, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
     if not ok:
-        raise RuntimeError(f"could not encode the line art of {entry.name}")
+        raise RuntimeError(f"could not encode the line art of {job.name}")
     atomic_write_bytes(data_dir / rel, buf.tobytes())
     additions: dict[str, Any] = {"lineart_file": rel, "lineart_backend": s.backend}
     if s.backend == "sdxl-controlnet":
-        additions["lineart_seed"] = record_seed(s.seed, str(entry.item.record.get("id", entry.name)))
-    atomic_write_json(_state_file(out, entry.name),
-                      {"source_sha256": entry.sha, "settings_key": s.key(), "additions": additions})
-    entry.additions = additions
+        additions["lineart_seed"] = record_seed(s.seed, job.seed_id)
+    atomic_write_json(_state_file(out, job.name), {"source_sha256": job.sha, "settings_key": s.key(),
+                                                   "additions": additions})
+    return additions
 
 
-def _cpu_job(args):
-    try:
-        return cpu_lines(args)
-    except RecordError as exc:
-        return exc
-    except Exception as exc:  # one odd image must not stop the run
-        return RecordError("unreadable_image", f"failed while drawing lines: {type(exc).__name__}: {exc}")
+def _rejected(exc: RecordError) -> dict:
+    return {"reason": exc.reason, "detail": exc.detail}
 
 
-def _run_cpu(todo: list[_Item], data_dir: Path, out: Path, s: LineartSettings, workers: int) -> None:
+def draw_cpu(t: Target, job: LineJob) -> dict:
+    """xdog / canny for one record: ``{"additions": ...}`` or ``{"reason": ..., "detail": ...}``."""
+    s = t.settings
     params = {k: v for k, v in asdict(s).items() if k.startswith(("xdog_", "canny_"))}
-    jobs = [(str(e.source), s.backend, s.size, params) for e in todo]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = pool.map(_cpu_job, jobs)
-            for entry, result in progress(zip(todo, results), desc="line art", total=len(todo), unit="img"):
-                _keep(entry, result, data_dir, out, s)
-    else:
-        for entry, job in progress(list(zip(todo, jobs)), desc="line art", total=len(todo), unit="img"):
-            _keep(entry, _cpu_job(job), data_dir, out, s)
+    try:
+        lines = cpu_lines((job.source, s.backend, s.size, params))
+    except RecordError as exc:
+        return _rejected(exc)
+    except Exception as exc:  # one odd image must not stop the run
+        return {"reason": "unreadable_image", "detail": f"failed while drawing lines: {type(exc).__name__}: {exc}"}
+    return {"additions": save_lines(job, lines, t)}
 
 
-def _keep(entry: _Item, result, data_dir: Path, out: Path, s: LineartSettings) -> None:
-    if isinstance(result, RecordError):
-        entry.error = result
-    else:
-        _save(entry, result, data_dir, out, s)
+class ModelLines:
+    """The annotator / SDXL ControlNet backend, loaded once per worker; called with a batch of jobs,
+    returns one result per job (as ``draw_cpu``)."""
 
+    def __init__(self, t: Target):
+        from storyboard.images.lineart_models import ModelBackend  # noqa: PLC0415 (heavy: torch is loaded only in the worker that draws, after the records are planned)
 
-def _run_models(todo: list[_Item], data_dir: Path, out: Path, s: LineartSettings) -> None:
-    from storyboard.images.lineart_models import ModelBackend  # noqa: PLC0415 (heavy: loads torch only after the records are planned and a model backend is asked for)
+        self.t = t
+        self.backend = ModelBackend(t.settings)
 
-    backend = ModelBackend(s)
-    bar = progress(None, desc=f"line art ({s.backend})", total=len(todo), unit="img")
-    for start in range(0, len(todo), s.batch_size):
-        batch, images = [], []
-        for entry in todo[start:start + s.batch_size]:
+    def __call__(self, batch: list[LineJob]) -> list[dict]:
+        s = self.t.settings
+        results: list[dict] = [{} for _ in batch]
+        drawn, images = [], []
+        for n, job in enumerate(batch):
             try:
-                rgb = load_rgb(entry.source).rgb
+                rgb = load_rgb(job.source).rgb
             except RecordError as exc:
-                entry.error = exc
+                results[n] = _rejected(exc)
                 continue
             size = s.size or max(rgb.shape[:2])
             if rgb.shape[:2] != (size, size):
                 rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
-            batch.append(entry)
+            drawn.append(n)
             images.append(rgb)
-        if not batch:
-            continue
+        if not drawn:
+            return results
         # One batch shares a size; squares from one finalize run always do.
         size = images[0].shape[0]
         images = [im if im.shape[0] == size else cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA)
                   for im in images]
-        seeds = [record_seed(s.seed, str(e.item.record.get("id", e.name))) for e in batch]
-        for entry, lines in zip(batch, backend.run(images, size, seeds)):
-            _save(entry, lines, data_dir, out, s)
-        bar.update(len(batch))
+        seeds = [record_seed(s.seed, batch[n].seed_id) for n in drawn]
+        for n, lines in zip(drawn, self.backend.run(images, size, seeds)):
+            results[n] = {"additions": save_lines(batch[n], lines, self.t)}
+        return results
+
+
+def _failed_one(job: LineJob, detail: str) -> dict:
+    return {"reason": "worker_failed", "detail": f"{job.name}: {detail}"}
+
+
+def _failed_batch(batch: list[LineJob], detail: str) -> list[dict]:
+    return [_failed_one(job, detail) for job in batch]
+
+
+def _draw(runner: Engine, todo: list[_Item], t: Target, workers: int) -> None:
+    """Every planned record still to draw: its line art written, its ``additions`` (or ``error``) set."""
+    s = t.settings
+    jobs = [LineJob(e.name, str(e.source.resolve()), e.sha, str(e.item.record.get("id", e.name))) for e in todo]
+    bar = progress(None, desc=f"line art ({s.backend})", total=len(todo), unit="img")
+    if s.backend in MODEL_BACKENDS:
+        batches = [jobs[i:i + s.batch_size] for i in range(0, len(jobs), s.batch_size)]
+        work = Work("line art", model=partial(ModelLines, t), failed=_failed_batch, records=len)
+        results = (r for batch in runner.map(batches, work) for r in batch)
+    else:
+        work = Work("line art", function=partial(draw_cpu, t), failed=_failed_one, processes=workers,
+                    jobs_per_task=4)
+        results = runner.map(jobs, work)
+    for entry, result in zip(todo, results):
+        if "reason" in result:
+            entry.error = RecordError(result["reason"], result["detail"])
+        else:
+            entry.additions = result["additions"]
+        bar.update(1)
     bar.close()
 
 
@@ -179,10 +234,11 @@ def prune(out: Path, data_dir: Path, keep: set[str]) -> int:
 
 
 def run_lineart(metadata: Path, data_dir: Path, output: Path, settings: LineartSettings, workers: int = 1,
-                config: dict | None = None, out_dir: str = OUT_DIR) -> StageRecords:
+                config: dict | None = None, out_dir: str = OUT_DIR,
+                engine: EngineSettings | None = None) -> StageRecords:
     """Run the stage; ``output`` may be ``metadata`` itself (rewritten atomically at the end).
     ``out_dir``: the line-art folder inside ``data_dir`` (another one keeps a second backend's
-    results beside the first)."""
+    results beside the first). ``engine``: where the line art is drawn (default: here)."""
     metadata, data_dir, output = Path(metadata), Path(data_dir), Path(output)
     if not metadata.is_file():
         raise UserError(f"metadata file not found: {metadata} (run 03_finalize_dataset.py first)")
@@ -193,16 +249,16 @@ def run_lineart(metadata: Path, data_dir: Path, output: Path, settings: LineartS
     if not parts or Path(out_dir).is_absolute() or ".." in parts or parts[0] in ("images", "masks", ".state"):
         raise UserError(f"--out-dir {out_dir!r}: a new folder name inside the data folder")
     out = data_dir / out_dir
-    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     planned = _plan(list(read_jsonl(metadata)), data_dir, out, s)  # all read before the output is opened
     todo = [e for e in planned if e.error is None and e.additions is None]
     reused = sum(1 for e in planned if e.error is None and e.additions is not None)
-    if todo and s.backend in MODEL_BACKENDS:
-        _run_models(todo, data_dir, out, s)
-    elif todo:
-        _run_cpu(todo, data_dir, out, s, workers)
+    with Engine(engine or EngineSettings(), needs_gpu=s.backend in MODEL_BACKENDS) as runner:
+        (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        if todo:
+            _draw(runner, todo, Target(str(data_dir.resolve()), str(out.resolve()), s), workers)
+        engine_info = runner.info()
 
-    config = dict(config or {}, settings=dict(asdict(s)), settings_key=s.key(), workers=workers)
+    config = dict(config or {}, settings=dict(asdict(s)), settings_key=s.key(), workers=workers, engine=engine_info)
     stage = StageRecords(output, rejects=out / "rejects.jsonl", stage="lineart", config=config)
     stage.run_info = out / "run.json"
     with stage:

@@ -202,3 +202,32 @@ def test_thread_loader_keeps_batch_order_and_failures(threads, ahead):
         seen_ok += indices
         seen_failed += [i for i, _ in failed]
     assert sorted(seen_ok + seen_failed) == list(range(n)) and set(seen_failed) == bad
+
+
+def test_the_small_copy_is_read_when_it_still_covers_the_model_input(clip, tmp_path):
+    """03 writes a box-reduced PNG beside each 1024 px square: the embedding reads it instead of the
+    square and gets the very features of the square's own reduced decode when the factors agree (here
+    1024 // 64 for the tiny CLIP's 64 px input; 1024 // 256 = 1024 // 224 for ViT-B-32 and the default
+    copies). A small copy holding another picture proves which file is read; one smaller than the
+    model's input is passed over."""
+    from storyboard.images.finalize import encode_image, small_copy
+
+    square = np.asarray(composite("medium", 1024, 1024, seed=3).image.convert("RGB"))
+    big = tmp_path / "square.png"
+    big.write_bytes(encode_image(square, "png", 95))
+    copy = tmp_path / "small.png"
+    copy.write_bytes(encode_image(small_copy(square, 64), "png", 0))
+    other = tmp_path / "other.png"
+    other.write_bytes(encode_image(small_copy(np.asarray(composite("long", 1024, 1024, seed=4).image.convert("RGB")),
+                                              64), "png", 0))
+    tiny_copy = tmp_path / "tiny.png"
+    tiny_copy.write_bytes(encode_image(small_copy(square, 32), "png", 0))  # 32 px: under the model's 64
+
+    def features(smalls):
+        return [b.features[0] for b in iter_embeddings(clip, [big] * len(smalls), batch_size=1, workers=0,
+                                                       smalls=smalls)]
+
+    from_big, from_copy, from_other, from_tiny = features([None, copy, other, tiny_copy])
+    assert np.array_equal(from_copy, from_big)  # the same pixels reach the model
+    assert not np.allclose(from_other, from_big)  # ... and it is the small file that was read
+    assert np.array_equal(from_tiny, from_big)  # too small: the square itself

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from storyboard.clustering.decode import open_for_embedding
 from storyboard.core.balanced_set import BALANCED_MARKER, is_balanced_set
 from storyboard.core.geometry import box_to_source, box_to_square, transform_from_record
 from storyboard.core.records import load_jsonl
@@ -165,6 +166,28 @@ def test_records_keep_every_field_and_broken_ones_go_to_rejects(sample_data, tmp
                                                    "path_escape"]
     run = json.loads((out / "run.json").read_text())
     assert run["summary"]["read"] == len(records) + 5
+
+
+def test_small_copies_are_the_squares_reduced_as_embedding_would(sample_data, tmp_path):
+    """Each square gets ``small/<name>.png``: the square box-reduced by ``size // small_size``, which is
+    what the embedding's reduced decode makes of the square itself; ``--small-size 0`` writes none."""
+    write_metadata(sample_data, tmp_path / "meta.jsonl", limit=3, broken=False)
+    args = (tmp_path / "meta.jsonl", sample_data / "images")
+    finalize_dataset(*args, tmp_path / "out", FinalizeSettings(size=256, small_size=64))
+    for record in load_jsonl(tmp_path / "out" / "metadata.jsonl"):
+        assert record["small_file"] == f"small/{Path(record['file_name']).stem}.png"
+        with Image.open(tmp_path / "out" / record["file_name"]) as square, \
+                Image.open(tmp_path / "out" / record["small_file"]) as small:
+            assert small.size == (64, 64)
+            assert np.array_equal(np.asarray(small.convert("RGB")), np.asarray(square.convert("RGB").reduce(4)))
+        reduced = open_for_embedding(tmp_path / "out" / record["file_name"], 64)  # what embedding makes of it
+        assert np.array_equal(np.asarray(reduced), np.asarray(Image.open(tmp_path / "out" / record["small_file"])))
+    finalize_dataset(*args, tmp_path / "none", FinalizeSettings(size=256, small_size=0))
+    assert not list((tmp_path / "none" / "small").glob("*"))
+    assert "small_file" not in load_jsonl(tmp_path / "none" / "metadata.jsonl")[0]
+    # A run with other small copies over the first folder replaces them (the stale ones are removed).
+    finalize_dataset(*args, tmp_path / "out", FinalizeSettings(size=256, small_size=0))
+    assert not list((tmp_path / "out" / "small").glob("*"))
 
 
 def test_odd_files_are_rejected_not_crashed_on(tmp_path):
