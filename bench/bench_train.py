@@ -49,6 +49,9 @@ Results: each run's figures are written to the JSON (``--json``, default under `
 they exist, so a run cut short (a GPU lease's time limit) keeps what it measured; the table at the end.
 A crashed child (a segfault, an out-of-memory kill) loses only the run in flight: a new child takes the
 rest.
+
+Why this module is long: the baseline loop, the trainer's variants and the runner that alternates them
+are one measurement, kept in one file that runs on a bare GPU machine by itself.
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -349,6 +353,7 @@ def ours(base: Path, data: Path, out: Path, batch: int, steps: int, precision: s
             "--token_learning_rate", str(TOKEN_LR), "--mixed_precision", precision, "--allow_tf32",
             "--num_validation_images", "0", "--eval_loss_images", "0", "--checkpointing_steps", str(10**6),
             "--dataloader_num_workers", "0", "--new_tokens", ",".join(t for t, _ in TOKENS)]
+    shutil.rmtree(out, ignore_errors=True)  # a fresh output folder for every run
     argv += ["--cache_latents"] if cache else []
     argv += ["--gradient_checkpointing"] if checkpointing else []
     seen: dict = {}
