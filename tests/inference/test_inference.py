@@ -147,7 +147,7 @@ def test_seed_command_line_verbatim(tmp_path, tiny_models, trained_checkpoint):
     assert sidecar[0]["file"] == "sample.png" and sidecar[0]["parameters"] == read_png_parameters(png)
 
 
-PLAIN_TOLERANCE = 2  # levels of 255: fusing the LoRA into the weights changes float rounding only
+PLAIN_TOLERANCE = 2  # levels of 255: fusing changes float rounding only (measured 1; the controls 45 and 47)
 
 
 def _plain_diffusers_image(base: Path, checkpoint: Path, prompt: str, seed: int):
