@@ -54,14 +54,18 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
 
 
 def _sd15_components(seed: int) -> dict:
+    """SD1.5's parts with random weights, drawn on the GPU when there is one: filling 1.1 billion
+    random numbers takes ~35 CPU seconds, a GPU lease's time (the weights then differ from a CPU
+    build's; no figure depends on them)."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    return {"unet": UNet2DConditionModel(**SD15_UNET), "vae": AutoencoderKL(**SD15_VAE),
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**SD15_TEXT)), "scheduler": PNDMScheduler(**SD15_SCHEDULER),
-            "feature_extractor": CLIPImageProcessor()}
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        models = {"unet": UNet2DConditionModel(**SD15_UNET), "vae": AutoencoderKL(**SD15_VAE),
+                  "text_encoder": CLIPTextModel(CLIPTextConfig(**SD15_TEXT))}
+    return {**models, "scheduler": PNDMScheduler(**SD15_SCHEDULER), "feature_extractor": CLIPImageProcessor()}
 
 
 def _save_random_pipeline(folder: Path, seed: int, components, label: str) -> Path:
@@ -78,7 +82,7 @@ def _save_random_pipeline(folder: Path, seed: int, components, label: str) -> Pa
         pipe = StableDiffusionPipeline(**components(seed), tokenizer=build_clip_tokenizer(scratch),
                                        safety_checker=None, requires_safety_checker=False)
         # fp16 on disk, as SD1.5 checkpoints are shared: loaders meet the same dtype as with a real one.
-        pipe.to(torch.float16)
+        pipe.to("cpu", torch.float16)
         pipe.save_pretrained(tmp, safe_serialization=True)
         # SD1.5's own tokenizer files (vocab.json + merges.txt), as a downloaded checkpoint has them.
         shutil.rmtree(tmp / "tokenizer")

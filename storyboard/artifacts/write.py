@@ -194,8 +194,10 @@ def _compare_lora(expected: Mapping, loaded: Mapping, scale: float) -> dict:
             missing.append(module)
         elif not (_same(got[0], a) and _same(got[1], b) and abs(got[2] - scale) < 1e-6):
             mismatched.append(module)
+    # The lists hold the first five names; the counts are the whole story.
     return {"modules": len(expected), "loaded": len(expected) - len(missing), "missing": missing[:5],
-            "mismatched": mismatched[:5], "unexpected": max(len(loaded) - len(expected) + len(missing), 0)}
+            "mismatched": mismatched[:5], "missing_count": len(missing), "mismatched_count": len(mismatched),
+            "unexpected": max(len(loaded) - len(expected) + len(missing), 0)}
 
 
 def reload_check(base: BaseModel | str | os.PathLike, out_dir: str | os.PathLike, unet_state: Mapping,
@@ -239,8 +241,8 @@ def _reload_check(base, out_dir, unet_state, te_state, tokens, rows, scale) -> d
     problems = []
     for label in ("diffusers_lora", "webui_lora"):
         for part, r in report[label].items():
-            if r["missing"] or r["mismatched"] or r["unexpected"]:
-                problems.append(f"{label}/{part}: {len(r['missing'])} missing, {len(r['mismatched'])} changed")
+            if r["missing_count"] or r["mismatched_count"] or r["unexpected"]:
+                problems.append(f"{label}/{part}: {r['missing_count']} missing, {r['mismatched_count']} changed")
     for token, r in emb_report.items():
         if not (r["one_id"] and r["row_equal"]):
             problems.append(f"embedding {token}: {'row changed' if r['one_id'] else 'not one token'}")

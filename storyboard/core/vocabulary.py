@@ -7,12 +7,17 @@ clustering, training, inference and validation all read it through ``load_vocabu
 
 Matching rules (so the table lists each spelling once):
 * text is NFKC-normalised first (full-width letters become ASCII, curly apostrophes straight);
-* Korean spellings match with or without spaces between syllables (풀샷 = 풀 샷), and 샷 / 숏 / 쇼트
-  are interchangeable (풀샷 = 풀숏 = 풀쇼트);
+* Korean spellings match with or without spaces, hyphens or underscores between syllables
+  (풀샷 = 풀 샷, 클로즈업 = 클로즈-업), and 샷 / 숏 / 쇼트 are interchangeable (풀샷 = 풀숏 = 풀쇼트); after
+  a Korean stem the English word works too (풀shot, 풀 Shot);
 * English spellings match case-insensitively on word boundaries, with space, hyphen or underscore
-  between words (close-up = close up = closeup = CLOSE_UP);
-* abbreviations (CU, MS, INT, ...) match in capitals only, as whole words, with an optional dot;
-* in free text the longest spelling wins (미디엄 클로즈업 is a medium close-up, not a close-up).
+  between words (close-up = close up = closeup = CLOSE_UP); a final "shot" may be written in Korean
+  (full샷, full 숏);
+* abbreviations (CU, MS, INT, ...) match in capitals only, as whole words, with optional dots
+  (C.U., M.S., E.C.U.);
+* in free text the longest spelling wins (미디엄 클로즈업 is a medium close-up, not a close-up);
+* ``not_terms`` lists words that hold a spelling but mean something else (조감독, an assistant
+  director, holds 조감, a bird's-eye view): text inside one of them names no term.
 
 Speed: the one big alternation (about 200 spellings) costs ~13 µs per character when tried at
 every position, so ``_Matcher`` only tries it where a spelling can start. Every spelling's pattern
@@ -39,6 +44,10 @@ from storyboard.core.records import read_json_object
 # JSON section -> the record field it fills.
 KINDS: dict[str, str] = {"shot_sizes": "shot_size", "angles": "angle", "locations": "location"}
 _SHOT_SUFFIXES = ("샷", "숏", "쇼트")
+_KO_SHOT_WORDS = r"샷|숏|쇼[\s\-_]*트"
+_KO_SUFFIX = f"(?:{_KO_SHOT_WORDS})"
+_KO_SUFFIX_OR_SHOT = f"(?:{_KO_SHOT_WORDS}|(?i:shot))"  # after a Korean stem: 풀shot, 풀 Shot
+_KO_GAP = r"[\s\-_]*"  # between the syllables of a Korean spelling: 풀 샷, 클로즈-업
 _HANGUL = re.compile(r"[\uac00-\ud7a3\u3131-\u318e]")
 
 
@@ -86,14 +95,16 @@ def _korean_pattern(spelling: str) -> tuple[str, First]:
     chars = spelling.replace(" ", "")
     for suffix in _SHOT_SUFFIXES:  # treat every shot suffix as one symbol
         chars = chars.replace(suffix, "\0")
-    parts = [r"(?:샷|숏|쇼\s*트)" if c == "\0" else re.escape(c) for c in chars]
+    parts = [(_KO_SUFFIX_OR_SHOT if i else _KO_SUFFIX) if c == "\0" else re.escape(c) for i, c in enumerate(chars)]
     first = ("샷숏쇼" if chars[0] == "\0" else chars[0], False) if chars else None
-    return r"\s*".join(parts), first
+    return _KO_GAP.join(parts), first
 
 
 def _english_pattern(spelling: str) -> tuple[str, First]:
     words = [w for w in re.split(r"[\s\-_]+", spelling.lower()) if w]
     parts = [re.escape(w).replace("'", "'?") for w in words]
+    if len(words) > 1 and words[-1] == "shot":
+        parts[-1] = f"(?:shot|{_KO_SHOT_WORDS})"  # full샷, full 숏: the English stem, the Korean word
     # A leading apostrophe is optional, so such a match starts at the letter after it: no single first.
     first = (words[0][0], True) if words and words[0][0] != "'" else None
     return r"(?i:(?<![a-z0-9])" + r"[\s\-_]*".join(parts) + r"(?![a-z0-9]))", first
@@ -101,7 +112,8 @@ def _english_pattern(spelling: str) -> tuple[str, First]:
 
 def _abbrev_pattern(spelling: str) -> tuple[str, First]:
     first = (spelling[0], False) if spelling else None
-    return r"(?<![A-Za-z0-9])" + re.escape(spelling) + r"\.?(?![A-Za-z0-9])", first
+    letters = r"\.?".join(re.escape(c) for c in spelling) if spelling.isalpha() else re.escape(spelling)
+    return r"(?<![A-Za-z0-9])" + letters + r"\.?(?![A-Za-z0-9])", first  # CU, CU., C.U.
 
 
 def _first_regex(chars: str, ignore_case: bool) -> str:
@@ -182,6 +194,7 @@ class Vocabulary:
         self._by_key = {(t.kind, t.key): t for t in self.terms}
         self._by_token = {t.token: t for t in self.terms if t.token}
         self._matchers = {kind: _compile(self.terms, kind) for kind in (None, *KINDS.values())}
+        self._not_terms = _compile_not_terms(self.data.get("not_terms", []))
 
     # -- lists ----------------------------------------------------------------------------
     def of_kind(self, kind: str) -> tuple[Term, ...]:
@@ -231,7 +244,11 @@ class Vocabulary:
         norm = normalize_text(text)
         matcher = self._matchers[kind]
         groups = matcher.groups
-        return [TermMatch(groups[m.lastgroup], m.start(), m.end(), m.group()) for m in matcher.finditer(norm)]
+        found = [TermMatch(groups[m.lastgroup], m.start(), m.end(), m.group()) for m in matcher.finditer(norm)]
+        if found and self._not_terms is not None:
+            blocked = [m.span() for m in self._not_terms.finditer(norm)]
+            found = [f for f in found if not any(start < f.end and f.start < end for start, end in blocked)]
+        return found
 
     def shot_for_token(self, token: str) -> Term | None:
         return self._by_token.get(token)
@@ -302,6 +319,16 @@ def _compile(terms: tuple[Term, ...], kind: str | None) -> _Matcher:
     return _Matcher([(pattern, first, term) for _, pattern, first, term in alternatives])
 
 
+def _compile_not_terms(words: object) -> re.Pattern | None:
+    """One pattern for the words that hold a spelling but name no term, matched as spellings are."""
+    if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+        raise UserError(f"vocabulary: 'not_terms' must be a list of words (got {words!r})")
+    patterns = []
+    for word in sorted({normalize_text(w) for w in words}, key=len, reverse=True):
+        patterns.append((_korean_pattern if _HANGUL.search(word) else _english_pattern)(word)[0])
+    return re.compile("|".join(patterns)) if patterns else None
+
+
 def _merge(base: dict, extra: dict) -> dict:
     """Extend ``base`` with a user table: entries merged by key, lists unioned, scalars replaced."""
     merged = {section: [dict(e) for e in base.get(section, [])] for section in KINDS}
@@ -320,6 +347,10 @@ def _merge(base: dict, extra: dict) -> dict:
                     target[name] = list(dict.fromkeys([*target.get(name, []), *value]))
                 else:
                     target[name] = value
+    extra_not_terms = extra.get("not_terms", [])
+    if not isinstance(extra_not_terms, list):
+        raise UserError(f"vocabulary: 'not_terms' must be a list of words (got {extra_not_terms!r})")
+    merged["not_terms"] = list(dict.fromkeys([*base.get("not_terms", []), *extra_not_terms]))
     return merged
 
 
@@ -334,7 +365,9 @@ def _load_cached(path: str | None) -> Vocabulary:
     if path is None:
         return Vocabulary(table)
     user = read_json_object(path, "vocabulary file")
-    return Vocabulary({s: user.get(s, []) for s in KINDS} if user.get("replace") else _merge(table, user))
+    if user.get("replace"):
+        return Vocabulary({s: user.get(s, []) for s in (*KINDS, "not_terms")})
+    return Vocabulary(_merge(table, user))
 
 
 def load_vocabulary(path: str | Path | None = None) -> Vocabulary:

@@ -131,6 +131,7 @@ def test_user_file_replaces(tmp_path):
     ('{"shot_sizes": [{"key": "x", "token": "<fs_trg>", "initializer": "x"}]}', "used by both"),
     ('{"shot_sizes": [{"key": "x", "initializer": "x"}]}', "needs a token"),
     ('{"angles": [{"key": "x", "ko": ["풀샷"]}]}', "names both"),
+    ('{"not_terms": "조감독"}', "'not_terms' must be a list"),
 ])
 def test_user_file_errors_are_one_line(tmp_path, content, message):
     path = tmp_path / "vocab.json"
@@ -284,6 +285,20 @@ def test_spelling_without_a_first_character_falls_back_to_the_full_scan(tmp_path
     assert vocab._matchers[None]._finder is None and vocab._matchers["shot_size"]._finder is not None
     assert [m.text for m in vocab.find("til shot, 'til shot")] == ["til shot", "'til shot"]
     assert_same_as_full_scan(vocab, list(generated_texts(vocab, 300, seed=4)), [None, "shot_size"])
+
+
+def test_not_terms_block_what_they_contain_and_a_user_file_adds_to_them(tmp_path):
+    """조감독 (assistant director) holds 조감 (bird's-eye view): the built-in not_terms block it, a user
+    file adds its own, and without the list (a replacing file that has none) the spelling is found."""
+    assert [m.term.key for m in VOCAB.find("조감독이 조감으로 찍었다")] == ["birds_eye"]
+    assert [m.term.key for m in VOCAB.find("they close up shop")] == ["close_up"]
+    (tmp_path / "extend").mkdir()
+    (tmp_path / "replace").mkdir()
+    extended = _user_vocabulary(tmp_path / "extend", {"not_terms": ["close up shop"]})
+    assert extended.find("they close up shop") == [] and extended.find("조감독") == []
+    assert [m.term.key for m in extended.find("a close up, then they close up shop")] == ["close_up"]
+    angles_only = {"replace": True, "angles": [{"key": "birds_eye", "ko": ["조감"]}]}
+    assert [m.term.key for m in _user_vocabulary(tmp_path / "replace", angles_only).find("조감독")] == ["birds_eye"]
 
 
 @pytest.mark.parametrize("user", [False, True])

@@ -100,14 +100,49 @@ def test_shards_cover_every_prompt_exactly_once(num_processes, count):
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
 
 
-def test_shard_matches_accelerate_split():
-    """The split is accelerate's: PartialState.split_between_processes on one process gives everything."""
-    from accelerate import PartialState
+SPLIT_COUNTS = (0, 1, 2, 3, 4, 7, 11)
+SPLIT_SCRIPT = """
+import json, sys
+from accelerate import PartialState
+from storyboard.inference.validate import shard
 
-    state = PartialState(cpu=True)
-    items = list(range(11))
+state = PartialState(cpu=True)
+splits = {}
+for count in map(int, sys.argv[2:]):
+    items = list(range(count))
     with state.split_between_processes(items) as mine:
-        assert list(mine) == shard(items, state.num_processes, state.process_index)
+        splits[count] = {"accelerate": list(mine), "ours": shard(items, state.num_processes, state.process_index)}
+with open(f"{sys.argv[1]}/{state.process_index}.json", "w") as fh:
+    json.dump({"index": state.process_index, "processes": state.num_processes, "splits": splits}, fh)
+"""
+
+
+def test_shard_matches_accelerate_split(tmp_path):
+    """Under ``accelerate launch`` with three processes each one's shard is what accelerate's own
+    ``PartialState.split_between_processes`` hands it. Controls: there really were three processes,
+    their shards differ and together hold every item once (one process, where a shard is
+    everything, would fail here), and a round-robin split, which also covers everything, disagrees
+    with accelerate's, so equality with accelerate's contiguous split is not automatic."""
+    script = tmp_path / "split.py"
+    script.write_text(SPLIT_SCRIPT, encoding="utf-8")
+    (tmp_path / "out").mkdir()
+    proc = run_command(["accelerate", "launch", "--multi_gpu", "--num_processes", 3, script, tmp_path / "out",
+                        *SPLIT_COUNTS],
+                       cwd=tmp_path, env=user_env(CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = [json.loads((tmp_path / "out" / f"{i}.json").read_text()) for i in range(3)]
+    assert [(s["index"], s["processes"]) for s in seen] == [(0, 3), (1, 3), (2, 3)]
+    for count in SPLIT_COUNTS:
+        items = list(range(count))
+        got = [s["splits"][str(count)] for s in seen]
+        assert [g["ours"] for g in got] == [g["accelerate"] for g in got], count
+        shards = [g["accelerate"] for g in got]
+        assert sorted(x for s in shards for x in s) == items  # every item, none twice
+        if count >= 3:
+            assert all(s and s != t for s, t in zip(shards, shards[1:])), shards  # the processes split the work
+        round_robin = [items[i::3] for i in range(3)]
+        if count >= 4:
+            assert round_robin != shards, count  # another full cover that accelerate does not use
 
 
 # --------------------------------------------------------------------------------------------

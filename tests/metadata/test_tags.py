@@ -40,6 +40,59 @@ def test_every_korean_spelling_maps_onto_its_term(kind, key, tag):
     assert record["labels_from"][kind] == "tags"
 
 
+# Spellings as people really type them, written out by hand (not derived from the vocabulary table,
+# unlike KOREAN_SPELLINGS above): spacing, mixed scripts, variant and mistaken spellings, punctuation
+# and case, screenplay headings, and words that merely contain a spelling. Each with the labels it
+# must give: (tag as typed, shot_size, angle, location).
+REAL_WORLD_TAGS = [
+    # spacing and separators
+    ("풀 샷", "full", None, None), ("  풀샷  ", "full", None, None), ("클로즈 업 샷", "close_up", None, None),
+    ("익스트림롱숏", "extreme_long", None, None), ("익스트림 롱 샷", "extreme_long", None, None),
+    ("클로즈-업", "close_up", None, None), ("익스트림-롱샷", "extreme_long", None, None),
+    ("하이 앵글", None, "high", None), ("버드 아이 뷰", None, "birds_eye", None), ("풀 쇼트", "full", None, None),
+    # mixed scripts
+    ("풀shot", "full", None, None), ("풀 Shot", "full", None, None), ("full샷", "full", None, None),
+    ("FULL 숏", "full", None, None), ("close-up샷", "close_up", None, None), ("CU샷", "close_up", None, None),
+    ("ＦＵＬＬ ＳＨＯＴ", "full", None, None), ("하이앵글/실내", None, "high", "indoor"),
+    # variant and mistaken spellings
+    ("미디움샷", "medium", None, None), ("클로우즈업", "close_up", None, None), ("로앵글", None, "low", None),
+    ("버드아이뷰", None, "birds_eye", None), ("부감샷", None, "high", None), ("니 샷", "medium_long", None, None),
+    ("와이드샷", "long", None, None), ("bust-shot", "medium_close_up", None, None), ("fullshot", "full", None, None),
+    # punctuation, brackets, hashtags, case, abbreviations
+    ("#클로즈업", "close_up", None, None), ("[풀샷]", "full", None, None), ("(풀샷)", "full", None, None),
+    ("클로즈업샷!!", "close_up", None, None), ("Full-Shot", "full", None, None), ("FS.", "full", None, None),
+    ("C.U.", "close_up", None, None), ("E.C.U.", "extreme_close_up", None, None), ("M.S", "medium", None, None),
+    ("XCU", "extreme_close_up", None, None), ("Eye Level", None, "eye_level", None),
+    # screenplay headings
+    ("INT. 거실 - 밤", None, None, "indoor"), ("EXT. 골목 - 낮", None, None, "outdoor"), ("Int.", None, None, "indoor"),
+    ("Ext.", None, None, "outdoor"), ("실외씬", None, None, "outdoor"),
+    # words that contain a spelling, or look like one, but name nothing here
+    ("조감독", None, None, None), ("부감독", None, None, None), ("미디엄 레어", None, None, None),
+    ("쇼트트랙", None, None, None), ("샷건", None, None, None), ("롱패딩", None, None, None),
+    ("풀이", None, None, None), ("원샷", None, None, None), ("CUT", None, None, None), ("MSG", None, None, None),
+    ("ELSE", None, None, None), ("ms", None, None, None), ("m.s.", None, None, None), ("int", None, None, None),
+]
+
+
+@pytest.mark.parametrize("tag, shot, angle, location", REAL_WORLD_TAGS, ids=[t for t, *_ in REAL_WORLD_TAGS])
+def test_real_world_spellings(tag, shot, angle, location):
+    record, _ = preprocess_record({"tags_ko": [tag], "caption_ko": ""}, VOCAB)
+    assert (record["shot_size"], record["angle"], record["location"]) == (shot, angle, location)
+
+
+def test_real_world_captions():
+    """Free text: labels inside sentences, particles attached, a not-term beside a real term."""
+    cases = [("남자가 풀샷으로 걷는다", ("full", None, None)),
+             ("조감독이 부감으로 찍은 골목, 실외", (None, "high", "outdoor")),
+             ("조감독과 부감독이 본 장면", (None, None, None)),
+             ("익스트림롱샷, 밤, 실외", ("extreme_long", None, "outdoor")),
+             ("FS/eye-level/INT", ("full", "eye_level", "indoor")),
+             ("바스트샷입니다", ("medium_close_up", None, None))]
+    for caption, labels in cases:
+        record, _ = preprocess_record({"tags_ko": [], "caption_ko": caption}, VOCAB)
+        assert (record["shot_size"], record["angle"], record["location"]) == labels, caption
+
+
 def test_spacing_variants_collapse_to_one_tag():
     assert clean_tags(["풀 샷", "풀샷", "풀숏", "#풀쇼트", "[풀샷]"], [], VOCAB) == ["풀샷"]
     assert clean_tags(["풀샷, 야외 #밤", "  비 "], ["야경"], VOCAB) == ["풀샷", "실외", "밤", "비", "야경"]

@@ -1,36 +1,77 @@
 """One short training run, then everything it saved: each format loads back through plain diffusers
-calls (no project code) and gives the same image as our own loader; the base rows are untouched;
-the manifest says what users and inference need."""
+calls (no project code) and gives the image of the model as training held it, merged by hand here
+(``W + alpha/rank * B @ A`` for every LoRA pair, the trained rows appended to the table), independent
+of diffusers' LoRA loader and of our exporter; the base rows training held are the base model's; the
+exporter's reload check fails on a broken file; the manifest says what users and inference need.
+
+Each image comparison holds its negative controls: the hand merge without the LoRA, or at alpha = rank
+(what a converter that ignores alpha writes), must differ from the files' image by far more than the
+tolerance."""
 from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from train_support import load_safetensors, make_dataset, train_args, train_in_process
 
 RANK, ALPHA = 4, 2.0  # alpha != rank: a converter that writes alpha = rank would show here
 PROMPT = "<fs_trg>, a person"
+BASE_ROWS = 49408  # the tiny base's CLIP vocabulary (SD1.5's)
+FLOAT_TOLERANCE = 1e-4  # float images in [0, 1]: LoRA merged into the weights vs beside them (measured 1.1e-5)
+CONTROL_MARGIN = 100  # each negative control must differ by this many tolerances (measured: over 6000)
 
 
 def _run_argv(base, root, **overrides) -> tuple[list[str], dict]:
-    """The module's run (6 steps, a checkpoint at 3, previews, fixed-noise loss) in ``root``."""
+    """The module's run (6 steps, a checkpoint at 3, previews, fixed-noise loss) in ``root``. The
+    learning rates are large so that the LoRA and the token rows visibly change the image."""
     data = make_dataset(root / "Dataset_fin", n=4)
     out = root / "model_sd_weight" / "train_fs"
     argv = train_args(base, data, out, "--lora_include_ff", max_train_steps=6,
-                      checkpointing_steps=3, rank=RANK, lora_alpha=ALPHA, learning_rate=1e-2, text_encoder_lr=1e-2,
+                      checkpointing_steps=3, rank=RANK, lora_alpha=ALPHA, learning_rate=1e-1, text_encoder_lr=1e-1,
                       token_learning_rate=5e-2, num_validation_images=1, validation_inference_steps=2,
                       eval_loss_images=2, **overrides)
     return argv, {"base": base, "out": out, "data": data}
 
 
+def _held_at_finish(ctx) -> dict:
+    """What training holds when it starts saving, read from the trained modules themselves (not from
+    the exporter): every LoRA pair ``{module: (A, B)}`` per model, the whole token table, the tokens."""
+    from storyboard.train.tokens import find_trigger_embedding
+
+    held = {"tokens": [(t["token"], t["token_id"]) for t in ctx.tokens_info]}
+    for part in ("unet", "text_encoder"):
+        params = dict(getattr(ctx.accelerator.unwrap_model(ctx.model), part).named_parameters())
+        held[part] = {name.removesuffix(".lora_A.default.weight"): (
+            a.detach().float().cpu().clone(),
+            params[name.replace(".lora_A.", ".lora_B.")].detach().float().cpu().clone())
+            for name, a in params.items() if name.endswith(".lora_A.default.weight")}
+    te = ctx.accelerator.unwrap_model(ctx.model).text_encoder
+    held["table"] = find_trigger_embedding(te).weight.detach().float().cpu().clone()
+    return held
+
+
 @pytest.fixture(scope="module")
 def run(tiny_models, tmp_path_factory):
+    """The module's run, and what training held when it started saving (``run["held"]``)."""
+    from storyboard.train import loop
+
     argv, result = _run_argv(tiny_models / "model_sd", tmp_path_factory.mktemp("train_outputs"))
-    assert train_in_process(argv) == 0
+    original = loop.finish
+
+    def watched(ctx, out, step):
+        result["held"] = _held_at_finish(ctx)
+        return original(ctx, out, step)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "finish", watched)
+        assert train_in_process(argv) == 0
     return result
 
 
@@ -48,12 +89,36 @@ def _fresh(base):
     return pipe
 
 
-@pytest.fixture(scope="module")
-def ours(run):
-    """The image from our own loader (the one previews and inference use)."""
-    from storyboard.artifacts.load import load_trained_pipeline
+def _merged_by_hand(base, held: dict, scale: float | None = ALPHA / RANK):
+    """A plain base pipeline with training's weights written into it by hand: each LoRA pair merged as
+    ``W += scale * B @ A`` (``scale=None``: no LoRA), the tokens added and their trained rows set."""
+    pipe = _fresh(base)
+    with torch.no_grad():
+        for part in ("unet", "text_encoder") if scale is not None else ():
+            modules = dict(getattr(pipe, part).named_modules())
+            for name, (a, b) in held[part].items():
+                modules[name].weight += scale * (b @ a)
+        tokens = [token for token, _ in held["tokens"]]
+        assert pipe.tokenizer.add_tokens(tokens) == len(tokens)
+        assert pipe.tokenizer.convert_tokens_to_ids(tokens) == [token_id for _, token_id in held["tokens"]]
+        pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+        pipe.text_encoder.get_input_embeddings().weight[BASE_ROWS:] = held["table"][BASE_ROWS:]
+    return pipe
 
-    return _image(load_trained_pipeline(run["base"], run["out"]))
+
+@pytest.fixture(scope="module")
+def trained(run):
+    """Images of the model as training held it (merged by hand), and of the two negative controls."""
+    base, held = run["base"], run["held"]
+    return {"trained": _image(_merged_by_hand(base, held)),
+            "no LoRA": _image(_merged_by_hand(base, held, scale=None)),
+            "alpha = rank": _image(_merged_by_hand(base, held, scale=1.0))}
+
+
+def _assert_same_image_and_controls_differ(image, trained: dict) -> None:
+    assert np.abs(image - trained["trained"]).max() < FLOAT_TOLERANCE
+    for name in ("no LoRA", "alpha = rank"):
+        assert np.abs(image - trained[name]).max() > CONTROL_MARGIN * FLOAT_TOLERANCE, name
 
 
 def test_every_output_exists(run):
@@ -121,60 +186,157 @@ def test_webui_lora_has_kohya_names_and_the_alpha_trained(run):
     assert not any("emb" in k for k in tensors)  # no bundled embeddings
 
 
+def _changed_rows(table: torch.Tensor, reference: torch.Tensor) -> list[int]:
+    return torch.nonzero((table != reference).any(dim=1)).flatten().tolist()
+
+
 def test_base_rows_untouched_and_token_rows_trained(run):
-    """Plain diffusers: the loaded table's base rows equal the base model's, bit for bit."""
+    """The token table as training held it after its last step: the base rows equal the base model's
+    bit for bit, the trigger rows moved away from their initial means and are what the embedding files
+    hold. Control: the same comparison on a copy with one base row moved by one float step reports
+    exactly that row."""
     from transformers import CLIPTextModel
 
     base_table = CLIPTextModel.from_pretrained(run["base"], subfolder="text_encoder").get_input_embeddings().weight
+    base_table = base_table.detach()
+    held = run["held"]["table"]
+    assert held.shape == (BASE_ROWS + 2, base_table.shape[1])
+    assert _changed_rows(held[:BASE_ROWS], base_table) == []
+    moved = held[:BASE_ROWS].clone()
+    moved[1234, 5] = torch.nextafter(moved[1234, 5], torch.tensor(float("inf")))
+    assert _changed_rows(moved, base_table) == [1234]
+
     pipe = _fresh(run["base"])
-    pipe.load_textual_inversion(str(run["out"] / "embeddings/fs_trg.safetensors"), token="<fs_trg>")
-    table = pipe.text_encoder.get_input_embeddings().weight
-    assert torch.equal(table[:49408], base_table)
     tok = pipe.tokenizer
+    for token, token_id in run["held"]["tokens"]:
+        saved = load_safetensors(run["out"] / f"embeddings/{token.strip('<>')}.safetensors")["emb_params"][0]
+        assert torch.equal(saved, held[token_id])
     full, shot = tok("full shot", add_special_tokens=False).input_ids
     init = (base_table[full] + base_table[shot]) / 2
-    assert not torch.allclose(table[tok.convert_tokens_to_ids("<fs_trg>")], init)  # it did train
+    fs_id = dict(run["held"]["tokens"])["<fs_trg>"]
+    assert (held[fs_id] - init).abs().max() > 1e-2  # it did train (token lr 5e-2, 6 steps)
 
 
-def test_diffusers_files_through_plain_diffusers_give_our_image(run, ours):
+def test_diffusers_files_through_plain_diffusers_give_the_trained_model(run, trained):
     out = run["out"]
     pipe = _fresh(run["base"])
     pipe.load_lora_weights(out)
     pipe.load_textual_inversion(str(out / "embeddings/fs_trg.safetensors"), token="<fs_trg>")
     pipe.load_textual_inversion(str(out / "embeddings/cu_trg.safetensors"), token="<cu_trg>")
-    assert np.array_equal(_image(pipe), ours)
+    _assert_same_image_and_controls_differ(_image(pipe), trained)
 
 
-def test_webui_lora_through_plain_diffusers_gives_our_image(run, ours):
+def test_webui_lora_through_plain_diffusers_gives_the_trained_model(run, trained):
     out = run["out"]
     pipe = _fresh(run["base"])
     pipe.load_lora_weights(out, weight_name="lora_webui.safetensors")
     pipe.load_textual_inversion([str(out / "embeddings/cu_trg.safetensors"),
                                  str(out / "embeddings/fs_trg.safetensors")], token=["<cu_trg>", "<fs_trg>"])
-    image = _image(pipe)
-    assert np.abs(image - ours).max() < 1e-5
-    # and the LoRA matters: without it the image differs (so the comparisons above mean something)
-    bare = _fresh(run["base"])
-    bare.load_textual_inversion(str(out / "embeddings/fs_trg.safetensors"), token="<fs_trg>")
-    assert np.abs(_image(bare) - ours).max() > 1e-3
+    _assert_same_image_and_controls_differ(_image(pipe), trained)
 
 
-def test_preview_png_is_what_a_user_gets(run):
-    """The saved preview equals an image a user makes with plain diffusers from the saved files."""
+def test_preview_png_is_the_trained_model(run):
+    """The saved preview is the image of the model as training held it (merged by hand, same prompt,
+    seed and settings), not merely what diffusers makes from the files. Controls: the hand merge
+    without the LoRA, or at alpha = rank, is far from the preview."""
     from PIL import Image
 
-    out = run["out"]
-    pipe = _fresh(run["base"])
-    pipe.load_lora_weights(out)
-    for stem in ("cu_trg", "fs_trg"):
-        pipe.load_textual_inversion(str(out / f"embeddings/{stem}.safetensors"), token=f"<{stem}>")
+    out, held = run["out"], run["held"]
     prompts = (out / "validation/step-000006/prompts.txt").read_text().splitlines()
     prompt = prompts[1].split(": ", 1)[1]
-    generator = torch.Generator("cpu").manual_seed(0)
-    mine = pipe(prompt, num_inference_steps=2, guidance_scale=7.5, generator=generator, height=64, width=64).images[0]
-    saved = Image.open(out / "validation/step-000006/p01_00.png")
-    diff = np.abs(np.asarray(mine, dtype=int) - np.asarray(saved, dtype=int))
-    assert diff.max() <= 1  # PNG of the same pixels (one level for thread-count rounding)
+    assert prompt == PROMPT
+
+    def made(pipe) -> np.ndarray:
+        generator = torch.Generator("cpu").manual_seed(0)
+        image = pipe(prompt, num_inference_steps=2, guidance_scale=7.5, generator=generator, height=64, width=64)
+        return np.asarray(image.images[0], dtype=int)
+
+    saved = np.asarray(Image.open(out / "validation/step-000006/p01_00.png"), dtype=int)
+    assert np.abs(made(_merged_by_hand(run["base"], held)) - saved).max() <= 1  # one level: float rounding
+    for scale in (None, 1.0):
+        diff = np.abs(made(_merged_by_hand(run["base"], held, scale=scale)) - saved)
+        assert diff.max() > 10 and diff.mean() > 1, (scale, diff.max(), diff.mean())
+
+
+# --------------------------------------------------------------------------------------------
+# The exporter's reload check fails on a broken file
+# --------------------------------------------------------------------------------------------
+def _expected_state(held: dict, part: str) -> dict:
+    """The exporter's state-dict layout (peft keys, no adapter name), built from what training held."""
+    return {f"{module}.lora_{x}.weight": t for module, (a, b) in held[part].items() for x, t in (("A", a), ("B", b))}
+
+
+def _rewrite(path, edit) -> None:
+    """Load a safetensors file, let ``edit`` change its tensors (in place), save it with its metadata."""
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+    tensors = load_safetensors(path)
+    edit(tensors)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _drop_one_unet_module(tensors):
+    [key] = [k for k in tensors if k.startswith("unet.") and ".attn2.to_k.lora_A." in k][:1]
+    del tensors[key], tensors[key.replace(".lora_A.", ".lora_B.")]
+
+
+def _alpha_is_rank(tensors):
+    for key in [k for k in tensors if k.endswith(".alpha")]:
+        tensors[key] = torch.tensor(float(RANK))
+
+
+def _nudge_one_text_encoder_matrix(tensors):
+    key = sorted(k for k in tensors if k.startswith("text_encoder.") and ".lora_B." in k)[0]
+    tensors[key][0, 0] += 1e-3
+
+
+def _nudge_one_row(tensors):
+    tensors["emb_params"][0, 3] += 1e-3
+
+
+BROKEN_FILES = {  # name: (file, how it is broken, the problems the check must report given the run's module counts)
+    "a module left out": ("pytorch_lora_weights.safetensors", _drop_one_unet_module,
+                          lambda n: ["diffusers_lora/unet: 1 missing, 0 changed"]),
+    "alpha written as rank": ("lora_webui.safetensors", _alpha_is_rank,
+                              lambda n: [f"webui_lora/unet: 0 missing, {n['unet']} changed",
+                                         f"webui_lora/text_encoder: 0 missing, {n['text_encoder']} changed"]),
+    "one matrix changed": ("pytorch_lora_weights.safetensors", _nudge_one_text_encoder_matrix,
+                           lambda n: ["diffusers_lora/text_encoder: 0 missing, 1 changed"]),
+    "one token row changed": ("embeddings/fs_trg.safetensors", _nudge_one_row,
+                              lambda n: ["embedding <fs_trg>: row changed"]),
+}
+
+
+def _reload_check(run, folder) -> dict:
+    from storyboard.artifacts.write import reload_check
+
+    held = run["held"]
+    manifest = json.loads((run["out"] / "trigger_manifest.json").read_text())
+    rows = torch.stack([held["table"][token_id] for _, token_id in held["tokens"]])
+    return reload_check(run["base"], folder, _expected_state(held, "unet"), _expected_state(held, "text_encoder"),
+                        manifest["tokens"], rows, ALPHA / RANK)
+
+
+def test_reload_check_passes_on_the_files_training_wrote(run):
+    """Against what training held (read from the modules, not from the exporter): every module, scale
+    and row of every file matches."""
+    report = _reload_check(run, run["out"])
+    assert report["ok"] is True and report["problems"] == []
+    for label in ("diffusers_lora", "webui_lora"):
+        for part in ("unet", "text_encoder"):
+            assert report[label][part]["loaded"] == report[label][part]["modules"] == len(run["held"][part]) > 0
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_FILES))
+def test_reload_check_fails_on_a_broken_file(run, tmp_path, broken):
+    """Negative controls of the reload check: a copy of the trained folder with one file broken the way
+    an exporter or a converter breaks it; the check must say which file and what."""
+    file, edit, problems = BROKEN_FILES[broken]
+    folder = shutil.copytree(run["out"], tmp_path / "train_fs", ignore=shutil.ignore_patterns("checkpoint-*"))
+    _rewrite(folder / file, edit)
+    report = _reload_check(run, folder)
+    assert report["ok"] is False
+    assert report["problems"] == problems({part: len(run["held"][part]) for part in ("unet", "text_encoder")})
 
 
 # --------------------------------------------------------------------------------------------
