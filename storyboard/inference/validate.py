@@ -62,6 +62,12 @@ def job_key(prompt: str, negative: str, seed: int, settings: Settings, model_has
     return hashlib.sha1(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
+def sampled_model(model_hash: str, base: BaseModel) -> str:
+    """The model part of a job key: the base's fingerprint, and the prediction type where it is not the
+    one the base's configuration says (an image sampled as v-prediction is another image)."""
+    return model_hash if base.prediction_type == base.config_prediction else f"{model_hash}:{base.prediction_type}"
+
+
 # --------------------------------------------------------------------------------------------
 # Columns: what each one must make, and what is already made
 # --------------------------------------------------------------------------------------------
@@ -227,13 +233,16 @@ def run_validation(args: argparse.Namespace, log=print) -> ValidationResult:
     plans = []
     for name, ckpt in columns:
         started = time.perf_counter()
-        plan = plan_column(name, ckpt, records, settings, vocab, out_root, model_hash, dtype_name, args.overwrite)
+        # a checkpoint trained to predict another target than its base is sampled so (as inference_trigger.py)
+        column_base = base_from_args(args, ckpt) if ckpt is not None else base
+        plan = plan_column(name, ckpt, records, settings, vocab, out_root, sampled_model(model_hash, column_base),
+                           dtype_name, args.overwrite)
         processes.wait()  # every process has listed what is left before any image is written
         mine = shard(plan.pending, processes.count, processes.index)
         say(f"{name}: {len(plan.jobs)} images, {len(plan.jobs) - len(plan.pending)} already done, "
             f"{len(plan.pending)} to make on {processes.count} process(es)")
         if mine:
-            tp = load_trigger_pipeline(base, ckpt, vocab=vocab, device=str(device), dtype=args.dtype,
+            tp = load_trigger_pipeline(column_base, ckpt, vocab=vocab, device=str(device), dtype=args.dtype,
                                        lora_scale=settings.lora_scale, fuse=not args.no_fuse, compile=args.compile,
                                        allow_base_mismatch=args.allow_base_mismatch, warn=say)
             run_jobs(tp, mine, settings, batch_size=args.batch_size, progress_desc=f"{name} [{processes.index}]",
@@ -244,7 +253,7 @@ def run_validation(args: argparse.Namespace, log=print) -> ValidationResult:
         processes.wait()
         plan.seconds = time.perf_counter() - started
         if processes.is_main:
-            _write_column_files(plan, args, base, settings, dtype_name, processes.count)
+            _write_column_files(plan, args, column_base, settings, dtype_name, processes.count)
         plans.append(plan)
 
     result = ValidationResult(out_root, plans, processes.count, is_main=processes.is_main)

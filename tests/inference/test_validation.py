@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -182,6 +183,38 @@ def test_resume_skips_finished_images(tmp_path, tiny_models, trained_checkpoint,
     assert changed.columns[0].made == 4 and changed.columns[0].stale == 4  # other settings: made again
     sidecar = [json.loads(line) for line in (out / "train_fs" / "images.jsonl").read_text().splitlines()]
     assert len(sidecar) == 4 and {r["steps"] for r in sidecar} == {3}
+
+
+def test_checkpoint_trained_for_v_prediction_is_validated_as_it(tmp_path, tiny_models, trained_checkpoint, vocab):
+    """A column whose checkpoint was trained to predict v on an epsilon base is sampled as v-prediction
+    (its run.json says so) and its images differ from the same weights sampled as epsilon; the base
+    column keeps the base's own. Control: with ``--prediction-type epsilon`` the same column makes
+    exactly the epsilon column's images, so the difference is the prediction type alone."""
+    from storyboard.inference.validate import run_validation
+
+    v_checkpoint = tmp_path / "train_v"
+    shutil.copytree(trained_checkpoint, v_checkpoint)
+    manifest = json.loads((v_checkpoint / "trigger_manifest.json").read_text())
+    manifest["base_model"]["prediction_type"] = "v_prediction"
+    (v_checkpoint / "trigger_manifest.json").write_text(json.dumps(manifest))
+    prompts = _small_prompts(tmp_path / "v.jsonl", vocab, shots=("medium",), seeds=(0, 1))
+
+    def columns(out: Path, **over) -> dict[str, tuple[str, list]]:
+        run_validation(_args(tiny_models, prompts, out, [trained_checkpoint, v_checkpoint], base_only=True, **over),
+                       log=lambda *a: None)
+        return {name: (json.loads((out / name / "run.json").read_text())["base"]["prediction_type"],
+                       [pixels(p) for p in sorted((out / name).glob("*.png"))])
+                for name in ("base", "train_fs", "train_v")}
+
+    recorded = columns(tmp_path / "recorded")
+    assert [recorded[n][0] for n in ("base", "train_fs", "train_v")] == ["epsilon", "epsilon", "v_prediction"]
+    assert len(recorded["train_v"][1]) == 2
+    for eps, v in zip(recorded["train_fs"][1], recorded["train_v"][1]):
+        assert np.abs(eps - v).max() > 10
+    flagged = columns(tmp_path / "flagged", prediction_type="epsilon")
+    assert flagged["train_v"][0] == "epsilon"
+    for eps, v in zip(recorded["train_fs"][1], flagged["train_v"][1]):
+        assert np.array_equal(eps, v)
 
 
 def test_base_column_uses_plain_words(tmp_path, tiny_models, vocab):
