@@ -13,9 +13,11 @@ box, with or without a tail of the same fill), usually inside an outline band of
 3. the region must be one flat colour, of plausible size, compact (solidity), and not run along the
    frame edge (sky, paper, walls) -- unless it is cut by the frame *and* outlined everywhere else, as
    a bubble cut by the panel edge is; a black one must be a clean rectangle;
-4. the holes must be *text*: several small ink parts (far from the fill colour), none large, set as
-   one block in the middle of the shape with air all around it. This is what tells a bubble from
-   hatching, a window grid or a textured wall, whose marks run up to the region's edges;
+4. the holes must be *text*: several small ink parts (far from the fill colour), none large, of
+   differing sizes set close together (not one mark repeated on a grid, as a wall's windows are),
+   set as one block in the middle of the shape with air all around it (a lone speck apart from the
+   text does not count). This is what tells a bubble from hatching, a window grid or a textured
+   wall, whose marks run up to the region's edges;
 5. the shape is completed: fill-coloured pixels next to the region that the edge map cut off (the
    narrow tips of a burst's spikes or a tail) are added back;
 6. the outline is measured, not assumed: rings just outside the shape are examined one by one; the
@@ -330,7 +332,7 @@ def _text_evidence(to_fill: np.ndarray, region: np.ndarray, filled: np.ndarray, 
     gaps = _box_gaps(stats[glyph], stats[glyph])
     np.fill_diagonal(gaps, np.inf)
     sizes = stats[glyph][:, 2:4].max(axis=1).astype(np.float64)
-    if _repeated_mark(sizes, gaps.min(axis=1), p):
+    if _repeated_mark(stats[glyph], sizes, gaps.min(axis=1), p):
         return False, parts
     # Layout: the text block's box is a modest share of the shape, centred, away from the edge.
     inside = cv2.distanceTransform(filled, cv2.DIST_L2, 3)  # the frame edge is no edge here ...
@@ -357,18 +359,23 @@ def _box_gaps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.hypot(gx, gy)
 
 
-def _repeated_mark(sizes: np.ndarray, nearest: np.ndarray, p: BubbleParams) -> bool:
-    """Are the glyph parts (``sizes``: the long side of each one's box; ``nearest``: its gap to the
-    nearest other part) one mark repeated at a spacing of about its own size -- a wall's windows, a
-    grid of tiles -- rather than text? Glyph parts (jamo, letters, punctuation) differ in size and sit
-    close together, a fraction of their size apart; a grid's parts are one size and set apart. Both
-    must hold, and there must be more than three of them (a bubble holding only "..." is not taken
-    for a grid)."""
+def _repeated_mark(parts: np.ndarray, sizes: np.ndarray, nearest: np.ndarray, p: BubbleParams) -> bool:
+    """Are the glyph parts (``parts``: their component stats; ``sizes``: the long side of each one's
+    box; ``nearest``: its gap to the nearest other part) one mark repeated on a grid -- a wall's
+    windows, tiles -- rather than text? Glyph parts (jamo, letters, punctuation) differ in size and sit
+    close together, a fraction of their size apart; a grid's parts are one size, set apart by about
+    their size, in rows *and* columns (a line or a column of text runs one way). All must hold, with
+    more than three parts (a bubble holding only "..." is not taken for a grid)."""
     if sizes.size < 4:
         return False
     spread = float(sizes.std() / max(sizes.mean(), 1.0))
     gap = float(np.median(nearest / np.maximum(sizes, 1.0)))
-    return spread < p.min_part_size_spread and gap > p.max_part_gap
+    if spread >= p.min_part_size_spread or gap <= p.max_part_gap:
+        return False
+    size = float(np.median(sizes))
+    centres = parts[:, 0:2] + parts[:, 2:4] / 2.0
+    lines = [1 + int((np.diff(np.sort(centres[:, axis])) > 0.5 * size).sum()) for axis in (0, 1)]
+    return min(lines) >= 2
 
 
 def _specks(stats: np.ndarray, glyph: np.ndarray, sizes: np.ndarray, p: BubbleParams) -> np.ndarray:
