@@ -8,13 +8,13 @@ sets it never saw, and the time bubble removal takes on a 1024-px picture, ours 
 Sets (``storyboard/devkit/bubble_styles.py`` says how they are drawn and split):
 
 - ``generator``: the sample generator (``storyboard.devkit.sample_data``), seeds 0-3 (tuning: seed 0
-  has the demo's 60 images, the others ``--count``), 20-23 and 30-33 (seen: held out once, then
-  looked at after a miss) and 40-43 (held out);
+  has the demo's 60 images, the others ``--count``), 20-23, 30-33 and 40-43 (seen: held out once,
+  then looked at after a miss) and 50-53 (held out);
 - ``photos``: one bubble in each of five styles the generator never draws (tall vertical ellipse,
   thought bubble on a dark busy background, shout burst, tinted rounded box, cut by the frame edge)
   on scikit-image photos at 1024 px, ``--variants`` draws each; the tuning photos differ from the
-  others, which seen and held out draw with different seeds;
-- ``free``: the same photos with no bubble, at night, printed pages of text (and, held out,
+  others, which seen (draw seeds 1 and 2) and held out (draw seed 3) draw with different seeds;
+- ``free``: the same photos with no bubble, at night, printed pages of text (and, seen and held out,
   scikit-image's scanned page and handwriting): false positives only.
 
 Figures: mean IoU over images with bubbles (target >= 0.90 on the held-out sets), per bubble the IoU

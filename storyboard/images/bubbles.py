@@ -13,9 +13,11 @@ box, with or without a tail of the same fill), usually inside an outline band of
 3. the region must be one flat colour, of plausible size, compact (solidity), and not run along the
    frame edge (sky, paper, walls) -- unless it is cut by the frame *and* outlined everywhere else, as
    a bubble cut by the panel edge is; a black one must be a clean rectangle;
-4. the holes must be *text*: several small ink parts (far from the fill colour), none large, set as
-   one block in the middle of the shape with air all around it. This is what tells a bubble from
-   hatching, a window grid or a textured wall, whose marks run up to the region's edges;
+4. the holes must be *text*: several small ink parts (far from the fill colour), none large, of
+   differing sizes set close together (not one mark repeated on a grid, as a wall's windows are),
+   set as one block in the middle of the shape with air all around it (a lone speck apart from the
+   text does not count). This is what tells a bubble from hatching, a window grid or a textured
+   wall, whose marks run up to the region's edges;
 5. the shape is completed: fill-coloured pixels next to the region that the edge map cut off (the
    narrow tips of a burst's spikes or a tail) are added back;
 6. the outline is measured, not assumed: rings just outside the shape are examined one by one; the
@@ -47,7 +49,8 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 SEED_HALF_SIDE = 720  # seeds are labelled at half size on pictures at least this large (short side)
 # Bump when the detector or the inpainting changes what they output (resume keys include it).
 # 2: flood-fill regions, cut-by-the-frame bubbles, completed shapes (burst spikes), thought trails.
-METHOD_VERSION = 2
+# 3: text is no grid of one repeated mark (a wall's windows); a stray speck does not decide the text layout.
+METHOD_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ class BubbleParams:
     min_text_margin: float = 0.2  # clear space between text and edge, in inradii
     min_small_block_margin: float = 0.12  # ... for a text block of at most small_block of the shape (a
     small_block: float = 0.4  # wide cloud's bumps come close to a line of text; a grid of windows fills its wall)
+    min_part_size_spread: float = 0.08  # glyph parts differ in size (std / mean of their box's long side) ...
+    max_part_gap: float = 0.3  # ... and sit close (median gap to the nearest part, in its size): else one repeated mark
+    speck_area: float = 0.25  # a speck: a part under this share of the median glyph part's area ...
+    speck_gap: float = 0.5  # ... farther than this (in median glyph part sizes) from every glyph part
     ink_contrast: float = 60.0  # colour distance from the fill that counts as ink
     max_outline: float = 0.025  # thickest outline searched, as a share of the image's short side
     outline_frac: float = 0.8  # a ring belongs to the outline when this share of it is ink
@@ -294,9 +301,13 @@ def _text_evidence(to_fill: np.ndarray, region: np.ndarray, filled: np.ndarray, 
     to the fill.) Returns (yes, number of glyph parts).
 
     Text is *ink* in the holes (pixels far from the fill colour; counted on the ink, not the holes:
-    JPEG ringing joins the holes of a line of small text into one), in several small parts, set as
-    one block in the middle of the shape with air all around it. The last test is what tells a
-    bubble from hatching or a textured wall, whose marks run everywhere up to the edges.
+    JPEG ringing joins the holes of a line of small text into one), in several small parts of
+    differing sizes set close together -- not one mark repeated at a spacing of about its own size,
+    as a wall's windows or tiles are --, set as one block in the middle of the shape with air all
+    around it. The last test is what tells a bubble from hatching or a textured wall, whose marks
+    run everywhere up to the edges. The block is judged with every ink part and, when that fails,
+    once more without its specks (``_specks``): a fleck of outline trapped where a tail meets a
+    cloud's bumps must not decide where the text sits.
 
     A bubble cut by the frame (``cut``: along x, along y) keeps its text clear of its own outline,
     not of the frame, and its visible part is off-centre across the cut: the margin is measured to
@@ -309,27 +320,90 @@ def _text_evidence(to_fill: np.ndarray, region: np.ndarray, filled: np.ndarray, 
     ink_area = int(cv2.countNonZero(ink))
     if not (p.min_ink <= ink_area / filled_area <= p.max_ink):
         return False, 0
-    n, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
-    areas = stats[1:, cv2.CC_STAT_AREA]
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    stats = stats[1:]
+    areas = stats[:, cv2.CC_STAT_AREA]
     if areas.size == 0 or areas.max() > p.max_part * filled_area:
         return False, 0
-    parts = int((areas >= 3).sum())
+    glyph = areas >= 3
+    parts = int(glyph.sum())
     if parts < p.min_text_parts:
+        return False, parts
+    gaps = _box_gaps(stats[glyph], stats[glyph])
+    np.fill_diagonal(gaps, np.inf)
+    sizes = stats[glyph][:, 2:4].max(axis=1).astype(np.float64)
+    if _repeated_mark(stats[glyph], sizes, gaps.min(axis=1), p):
         return False, parts
     # Layout: the text block's box is a modest share of the shape, centred, away from the edge.
     inside = cv2.distanceTransform(filled, cv2.DIST_L2, 3)  # the frame edge is no edge here ...
     framed = cv2.copyMakeBorder(filled, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     inradius = float(cv2.distanceTransform(framed, cv2.DIST_L2, 3).max())  # ... but it bounds the visible shape
-    ys, xs = np.nonzero(ink)
-    block = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1) / filled_area
     fy, fx = np.nonzero(filled)
-    dx = 0.0 if cut[0] else (xs.min() + xs.max()) / 2 - fx.mean()
-    dy = 0.0 if cut[1] else (ys.min() + ys.max()) / 2 - fy.mean()
+    shape = (inside, inradius, float(fx.mean()), float(fy.mean()), filled_area, cut)
+    if _block_in_the_middle(ink, shape, p):
+        return True, parts
+    specks = _specks(stats, glyph, sizes, p)
+    if not specks.any() or specks.all():
+        return False, parts
+    kept = np.zeros(n, np.uint8)
+    kept[1:][~specks] = 1
+    return _block_in_the_middle(kept[labels], shape, p), parts
+
+
+def _box_gaps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Gaps (px) between the boxes of two lists of component stats (x, y, w, h, ...): a len(a) x len(b) matrix."""
+    ax0, ay0, ax1, ay1 = a[:, 0:1], a[:, 1:2], a[:, 0:1] + a[:, 2:3], a[:, 1:2] + a[:, 3:4]
+    bx0, by0, bx1, by1 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    gx = np.maximum(0, np.maximum(ax0, bx0) - np.minimum(ax1, bx1))
+    gy = np.maximum(0, np.maximum(ay0, by0) - np.minimum(ay1, by1))
+    return np.hypot(gx, gy)
+
+
+def _repeated_mark(parts: np.ndarray, sizes: np.ndarray, nearest: np.ndarray, p: BubbleParams) -> bool:
+    """Are the glyph parts (``parts``: their component stats; ``sizes``: the long side of each one's
+    box; ``nearest``: its gap to the nearest other part) one mark repeated on a grid -- a wall's
+    windows, tiles -- rather than text? Glyph parts (jamo, letters, punctuation) differ in size and sit
+    close together, a fraction of their size apart; a grid's parts are one size, set apart by about
+    their size, in rows *and* columns (a line or a column of text runs one way). All must hold, with
+    more than three parts (a bubble holding only "..." is not taken for a grid)."""
+    if sizes.size < 4:
+        return False
+    spread = float(sizes.std() / max(sizes.mean(), 1.0))
+    gap = float(np.median(nearest / np.maximum(sizes, 1.0)))
+    if spread >= p.min_part_size_spread or gap <= p.max_part_gap:
+        return False
+    size = float(np.median(sizes))
+    centres = parts[:, 0:2] + parts[:, 2:4] / 2.0
+    lines = [1 + int((np.diff(np.sort(centres[:, axis])) > 0.5 * size).sum()) for axis in (0, 1)]
+    return min(lines) >= 2
+
+
+def _specks(stats: np.ndarray, glyph: np.ndarray, sizes: np.ndarray, p: BubbleParams) -> np.ndarray:
+    """Which ink parts are specks, not text: those under 3 px (too small to count as glyph parts), and
+    small parts (under ``speck_area`` of the median glyph part's area) lying apart from every glyph part
+    (farther than ``speck_gap`` median glyph sizes): dust, or a fleck of outline trapped inside where a
+    tail meets the body. A period or the dots of "..." sit next to a glyph."""
+    areas = stats[:, cv2.CC_STAT_AREA]
+    median_area, median_size = float(np.median(areas[glyph])), float(np.median(sizes))
+    gaps = _box_gaps(stats, stats[glyph])
+    gaps[np.flatnonzero(glyph), np.arange(int(glyph.sum()))] = np.inf  # a part is no neighbour of itself
+    apart = gaps.min(axis=1) > p.speck_gap * median_size
+    return ~glyph | ((areas < p.speck_area * median_area) & apart)
+
+
+def _block_in_the_middle(ink: np.ndarray, shape: tuple, p: BubbleParams) -> bool:
+    """Is the box around ``ink`` a modest share of the shape, centred in it and clear of its edge?
+    (``shape``: its inside distances, inradius, centre x and y, area and the frame cut, as
+    ``_text_evidence`` describes.)"""
+    inside, inradius, cx, cy, area, cut = shape
+    ys, xs = np.nonzero(ink)
+    block = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1) / area
+    dx = 0.0 if cut[0] else (xs.min() + xs.max()) / 2 - cx
+    dy = 0.0 if cut[1] else (ys.min() + ys.max()) / 2 - cy
     off = np.hypot(dx, dy) / inradius
     margin = float(inside[ink > 0].min()) / inradius
     min_margin = p.min_text_margin if block > p.small_block else p.min_small_block_margin
-    ok = block <= p.max_text_block and off <= p.max_text_offset and margin >= min_margin
-    return ok, parts
+    return block <= p.max_text_block and off <= p.max_text_offset and margin >= min_margin
 
 
 def _outline_rings(crop: np.ndarray, to_fill: np.ndarray, filled: np.ndarray, fill: np.ndarray, max_rings: int,
