@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the seconds-scale miniature (the test suite's): proves the path runs, not that it learns")
     parser.add_argument("--train-steps", type=int, help="override the recipe's --max_train_steps")
     parser.add_argument("--guidance", type=float, help="override the sampling CFG scale")
+    parser.add_argument("--data-path", choices=("stages", "direct"), help="how Dataset_fin is made: through "
+                        "collect -> 01 -> 02 -> 03 -> clustering (stages, the default) or straight from the renderer")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
                         help="render processes (default: %(default)s)")
@@ -44,6 +46,8 @@ def _settings(args: argparse.Namespace) -> ProofSettings:
         changes["train_args"] = tuple(train)
     if args.guidance:
         changes["guidance"] = args.guidance
+    if args.data_path:
+        changes["data_path"] = args.data_path
     return ProofSettings(**{**settings.to_dict(), **changes}) if changes else settings
 
 

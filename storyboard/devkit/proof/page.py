@@ -114,6 +114,17 @@ def _grids_html(report_dir: Path, work: Path) -> str:
     return "".join(parts) or "<p class='missing'>No grids (the validation report was not written).</p>"
 
 
+def _data_html(p) -> str:
+    if p.settings.data_path == "direct":
+        return ("<h2>Training set</h2><p>Written straight from the world's renderer (--data-path direct), "
+                "not through the data stages.</p>")
+    rows = [[name, s.get("read"), s.get("written"), sum((s.get("rejected_by_reason") or {}).values())]
+            for name, s in p.data_stages.items() if s]
+    return ("<h2>Training set, through the data stages</h2><p>The world's renders as a crawl with Korean tags: "
+            "collect → 01 → 02 (table) → 03 → clustering (tiny CLIP, clusters named by the tags).</p>"
+            + render_table(["stage", "read", "written", "rejected"], rows))
+
+
 def write_proof_page(p, judge_file: Path, run_name: str) -> Path:
     """``<work>/index.html`` and ``<work>/proof.json`` for the finished proof ``p`` (``run.Proof``)."""
     work = p.work
@@ -143,6 +154,7 @@ def write_proof_page(p, judge_file: Path, run_name: str) -> Path:
             f"{training.get('fixed_noise_loss_start', float('nan')):.4f} → "
             f"{training.get('fixed_noise_loss_end', float('nan')):.4f}; "
             f"{training.get('images_per_s', 0):.1f} images/s.</p>", loss_svg(losses),
+            _data_html(p),
             "<h2>The judge</h2>", judge_html,
             "<h2>Time of each phase</h2>", times_html,
             "<h2>Configuration</h2><h3>World</h3><pre>" + escape(json.dumps(p.config.to_dict(), indent=1))
@@ -154,7 +166,8 @@ def write_proof_page(p, judge_file: Path, run_name: str) -> Path:
             f'<li><a href="judge/{judge_file.name}">the judge file</a></li><li>world: {escape(p.world)}</li></ul>']
     atomic_write_json(work / "proof.json", {
         "verdict": verdict, "fidelity": figures, "judge": {"name": fidelity["judge"], **judge_fig},
-        "training": training, "times": times, "world": str(p.world), "fingerprint": p.world_record["fingerprint"],
+        "training": training, "times": times, "data_stages": p.data_stages, "world": str(p.world),
+        "fingerprint": p.world_record["fingerprint"],
         "config": p.config.to_dict(), "settings": p.settings.to_dict(), "commands": p.commands})
     return write_page(work / "index.html", "Storyboard Trigger: proof that a trigger works", "".join(body),
                       subtitle=f"World {p.world.name}: the project's own stages on a world small enough to "

@@ -8,8 +8,8 @@ changed stamp removes that step's output and redoes it):
 
 1. the world (``build.build_world``: built once per configuration, cached under the cache root);
 2. the judge file (``<work>/judge/shot_judge.safetensors``) and ``model_sd`` (a link to the world's);
-3. ``Dataset_fin`` written straight from the world's renderer (the shortcut past collect -> 01 -> 02
-   -> 03 -> clustering; docs/proof.md, known gaps);
+3. ``Dataset_fin``: the world's renders as a crawl with Korean tags through collect -> 01 -> 02 -> 03
+   -> clustering (``stages``), or (``data_path="direct"``) written straight from the renderer;
 4. ``bash shot_trigger_train.sh`` with the recipe below;
 5. ``validation/make_validation_jsonl.py``, ``validation/base_valid.sh``, ``validation/validation.sh``,
    with ``JUDGE=<the judge file>``: the report is judged by the world's learned judge.
@@ -34,11 +34,14 @@ from storyboard.devkit.proof.build import JUDGE_FOLDER, SD_FOLDER, build_world
 from storyboard.devkit.proof.config import PhaseClock, WorldConfig
 from storyboard.devkit.proof.judge_training import JUDGE_FILE, world_judge_file
 from storyboard.devkit.proof.page import write_proof_page
+from storyboard.devkit.proof.stages import DATA, METADATA, check_accounting, run_data_stages
 from storyboard.devkit.proof.trainset import write_trainset
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 STATE = "proof_state.json"  # the stamp of each finished step
 RUN_NAME = "train_proof"    # model_sd_weight/<RUN_NAME>: the trained folder, the report's column name
+# What the training-set step writes in the work folder (removed when its inputs change).
+DATA_OUTPUTS = ("Dataset_fin", DATA, METADATA, "Dataset_clustering_method")
 
 # The trainer settings the method needed (docs/proof.md): rank-8 LoRA, batch 32, learning rates five
 # times the diffusers example's 1e-4 for the UNet LoRA and the token rows. Run f1 (2026-11-30): 300
@@ -51,6 +54,8 @@ RECIPE = ("--max_train_steps", "300", "--train_batch_size", "32", "--rank", "8",
 @dataclass(frozen=True)
 class ProofSettings:
     per_shot: int = 200                      # training images per shot size (Dataset_fin)
+    data_path: str = "stages"                # stages: crawl -> collect -> 01 -> 02 -> 03 -> clustering;
+    #                                          direct: Dataset_fin written straight from the renderer
     train_args: tuple[str, ...] = RECIPE     # passed to shot_trigger_train.sh after the paths
     angles: tuple[str, ...] = ("eye_level", "high", "low")   # validation prompts: every combination
     locations: tuple[str, ...] = ("indoor", "outdoor")
@@ -85,6 +90,7 @@ class Proof:
     world: Path | None = None
     world_record: dict = field(default_factory=dict)
     commands: dict[str, str] = field(default_factory=dict)
+    data_stages: dict = field(default_factory=dict)  # each data stage's summary (read / written / rejected)
 
     # -- running a front door as a user does ------------------------------------------------------
     def env(self, **extra: str) -> dict[str, str]:
@@ -160,6 +166,14 @@ def _layout(p: Proof) -> Path:
     return judge
 
 
+def _training_set(p: Proof) -> None:
+    cfg = p.config
+    if p.settings.data_path == "direct":
+        write_trainset(p.work / "Dataset_fin", cfg.render, cfg.seed, p.settings.per_shot, workers=p.workers)
+        return
+    p.data_stages = run_data_stages(p.work, REPO_ROOT, cfg.render, cfg.seed, p.settings.per_shot, p.workers, p.run)
+
+
 def _launch_args(p: Proof) -> str:
     args = "--num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no"
     return args + (" --cpu" if p.device == "cpu" else "")
@@ -199,13 +213,14 @@ def run_proof(p: Proof) -> Path:
     _world(p)
     judge = _layout(p)
     s, world = p.settings, p.world_record["fingerprint"]
-    data_stamp = stamp_of(world, s.per_shot)
+    data_stamp = stamp_of(world, s.per_shot, s.data_path)
     train_stamp = stamp_of(data_stamp, s.train_args)
     prompt_stamp = stamp_of(world, s.angles, s.locations, s.subjects, s.seeds)
     sample_stamp = stamp_of(prompt_stamp, s.steps, s.scheduler, s.guidance)
     out = p.work / "validation" / "output"
-    p.step("training set", data_stamp, [p.work / "Dataset_fin"], lambda: write_trainset(
-        p.work / "Dataset_fin", p.config.render, p.config.seed, s.per_shot, workers=p.workers))
+    p.step("training set", data_stamp, [p.work / name for name in DATA_OUTPUTS], lambda: _training_set(p))
+    if s.data_path == "stages" and not p.data_stages:  # made by an earlier run: its stages' figures
+        p.data_stages = check_accounting(p.work, s.per_shot * len(p.config.render.shots))
     p.step("training", train_stamp, [p.work / "model_sd_weight" / RUN_NAME], lambda: _train(p))
     p.step("validation prompts", prompt_stamp, [p.work / "validation" / "validation.jsonl"], lambda: _prompts(p))
     env = _validation_env(p, judge)
