@@ -11,7 +11,9 @@ folder), and a learned shot judge for the generated images (``storyboard.inferen
 ``vae``             diffusers ``AutoencoderKL`` at toy width: training, scaling factor, reconstructions
 ``base``            the UNet + frozen random CLIP text encoder + real CLIP tokenizer: pre-training, SD folder
 ``judge_training``  fitting the learned judge (+ "nobody" class, colour-only control), its file
-``trainset``        ``Dataset_fin`` drawn straight from the world (the shortcut past the data stages)
+``stages``          ``Dataset_fin`` through the data stages: the renders as a Korean-tagged crawl, then
+                    collect -> 01 -> 02 -> 03 -> clustering
+``trainset``        ``Dataset_fin`` drawn straight from the world (``--data-path direct``)
 ``build``           the cached, resumable world
 ``run``             the proof run through the front doors
 ``page``            ``proof_run/index.html`` and ``proof.json``

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from storyboard.core.cli import UserError, run_main
 from storyboard.devkit.proof.config import WorldConfig, tiny_world_config
-from storyboard.devkit.proof.run import REPO_ROOT, Proof, ProofSettings, run_proof, tiny_settings
 
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_WORK = REPO_ROOT / "proof_run"          # laid out like the seed's root
 DEFAULT_CACHE = REPO_ROOT / ".proof_cache"      # worlds, one folder per configuration fingerprint
 
@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> ProofSettings:
-    settings = tiny_settings() if args.tiny else ProofSettings()
+def _settings(args: argparse.Namespace, run):
+    settings = run.tiny_settings() if args.tiny else run.ProofSettings()
     changes = {}
     if args.train_steps:
         train = list(settings.train_args)
@@ -48,7 +48,7 @@ def _settings(args: argparse.Namespace) -> ProofSettings:
         changes["guidance"] = args.guidance
     if args.data_path:
         changes["data_path"] = args.data_path
-    return ProofSettings(**{**settings.to_dict(), **changes}) if changes else settings
+    return type(settings)(**{**settings.to_dict(), **changes}) if changes else settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,11 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--config {args.config}: unknown world setting {exc}") from None
     import torch  # noqa: PLC0415 (heavy: only once the flags and the configuration are checked)
 
+    from storyboard.devkit.proof import run  # noqa: PLC0415 (heavy: torch, diffusers; after the checks, as above)
+
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    proof = Proof(work=args.work, cache=args.world_cache, config=config, settings=_settings(args),
-                  device=args.device, workers=args.workers, threads=args.threads)
-    index = run_proof(proof)
+    proof = run.Proof(work=args.work, cache=args.world_cache, config=config, settings=_settings(args, run),
+                      device=args.device, workers=args.workers, threads=args.threads)
+    index = run.run_proof(proof)
     print(f"\nProof finished in {time.perf_counter() - started:.0f} s. Open: {index}")
     return 0
 

@@ -1,8 +1,8 @@
 """A training set in the layout the trainer reads (``Dataset_fin``: images + ``metadata.jsonl`` with
 ``file_name`` and ``text`` starting with the trigger), drawn fresh from the world's renderer.
 
-This is a shortcut past collect -> 01 -> 02 -> 03 -> clustering (docs/proof.md, known gaps): the
-images and shot labels go straight into the balanced set's layout, balanced by construction.
+This is ``--data-path direct``, the shortcut past collect -> 01 -> 02 -> 03 -> clustering (``stages``,
+the default): the images and shot labels go straight into the balanced set's layout.
 
 The captions have the shape the pipeline's own stages give them (02 with the table backend writes the
 label words, clustering puts the trigger and its shot name in front; ``storyboard.cluster.trigger_text``):
