@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true",
                         help="the seconds-scale miniature (the test suite's): proves the path runs, not that it learns")
     parser.add_argument("--train-steps", type=int, help="override the recipe's --max_train_steps")
+    parser.add_argument("--train-extra", default="", metavar="FLAGS",
+                        help='more trainer flags after the recipe\'s (they win), e.g. "--lr_scheduler cosine '
+                             '--lr_warmup_steps 30"')
     parser.add_argument("--guidance", type=float, help="override the sampling CFG scale")
     parser.add_argument("--data-path", choices=("stages", "direct"), help="how Dataset_fin is made: through "
                         "collect -> 01 -> 02 -> 03 -> clustering (stages, the default) or straight from the renderer")
@@ -44,6 +48,8 @@ def _settings(args: argparse.Namespace, run):
         train = list(settings.train_args)
         train[train.index("--max_train_steps") + 1] = str(args.train_steps)
         changes["train_args"] = tuple(train)
+    if args.train_extra:
+        changes["train_args"] = (*changes.get("train_args", settings.train_args), *shlex.split(args.train_extra))
     if args.guidance:
         changes["guidance"] = args.guidance
     if args.data_path:
