@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='more trainer flags after the recipe\'s (they win), e.g. "--lr_scheduler cosine '
                              '--lr_warmup_steps 30"')
     parser.add_argument("--guidance", type=float, help="override the sampling CFG scale")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the validation seeds (e.g. fresh ones, to "
+                        "check a recipe chosen on the default seeds)")
     parser.add_argument("--data-path", choices=("stages", "direct"), help="how Dataset_fin is made: through "
                         "collect -> 01 -> 02 -> 03 -> clustering (stages, the default) or straight from the renderer")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default: %(default)s)")
@@ -52,6 +54,8 @@ def _settings(args: argparse.Namespace, run):
         changes["train_args"] = (*changes.get("train_args", settings.train_args), *shlex.split(args.train_extra))
     if args.guidance:
         changes["guidance"] = args.guidance
+    if args.seeds:
+        changes["seeds"] = tuple(args.seeds)
     if args.data_path:
         changes["data_path"] = args.data_path
     return type(settings)(**{**settings.to_dict(), **changes}) if changes else settings

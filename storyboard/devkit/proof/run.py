@@ -114,6 +114,9 @@ class Proof:
             tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
             self.log("\n".join(tail))
             raise UserError(f"proof step {step!r} failed (exit {proc.returncode}); its output: {log_file}")
+        state = self._state()
+        state.setdefault("commands", {})[step] = shown  # the page lists them, also those of earlier runs
+        atomic_write_json(self.work / STATE, state)
 
     # -- stamps: redo a step whose inputs changed -------------------------------------------------
     def _state(self) -> dict:
@@ -230,6 +233,7 @@ def run_proof(p: Proof) -> Path:
     trained_stamp = stamp_of(sample_stamp, train_stamp, sha256_file(judge))
     p.step("trained validation + report", trained_stamp, [out / RUN_NAME, out / "report"],
            lambda: p.run("trained validation + report", ["bash", REPO_ROOT / "validation" / "validation.sh"], env))
+    p.commands = {**p._state().get("commands", {}), **p.commands}
     with p.clock.phase("page", p.log):
         index = write_proof_page(p, judge, RUN_NAME)
     return index
