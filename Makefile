@@ -1,7 +1,7 @@
 # The two commands a new user runs (README): `make demo` and `make test`.
 # Both create .venv and install everything from nothing on first use.
 # A third, `make proof`, is a benchmark: evidence that a trigger works, on a world trained here
-# (docs/proof.md; about 90 min from nothing on 2 CPU cores, about 5 once the world is cached).
+# (docs/proof.md; about 90 min from nothing on 2 CPU cores, 4-7 once the world is cached).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
