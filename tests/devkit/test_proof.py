@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from storyboard.devkit.demo import proof_section
 from storyboard.devkit.proof.build import build_world
 from storyboard.devkit.proof.config import WorldConfig, tiny_world_config, world_dir
 from storyboard.devkit.proof.page import wilson
@@ -119,3 +120,12 @@ def test_a_bad_config_is_one_line(tmp_path):
                         tmp_path / "w", "--world-cache", tmp_path / "c"], env=user_env())
     assert_one_line_error(proc, "--config", "stepz")
     assert not os.path.exists(tmp_path / "c")
+
+
+def test_the_demo_page_links_the_proof_once_it_exists(tmp_path):
+    page = tmp_path / "proof_run" / "index.html"
+    absent = proof_section(page)  # control: no page yet, no link, and the section says how to get one
+    assert not absent.links and "make proof" in absent.text
+    page.parent.mkdir()
+    page.write_text("<html></html>")
+    assert proof_section(page).links == [("proof_run/index.html", page)]
