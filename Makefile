@@ -1,11 +1,15 @@
 # The two commands a new user runs (README): `make demo` and `make test`.
 # Both create .venv and install everything from nothing on first use.
+# A third, `make proof`, is a benchmark: evidence that a trigger works, on a world trained here
+# (docs/proof.md; about 90 min from nothing on 2 CPU cores, 4-7 once the world is cached).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+WORLD_CACHE ?= .proof_cache
+
+.PHONY: setup demo test lint clean proof
 
 setup: $(STAMP)
 
@@ -19,6 +23,11 @@ $(STAMP): requirements.txt pyproject.toml
 demo: setup
 	$(PY) -m storyboard.devkit.demo
 
+# Builds (or reuses, by the configuration's fingerprint) the proof world in $(WORLD_CACHE), then runs
+# the real front doors on it in proof_run/ and writes proof_run/index.html.
+proof: setup
+	$(PY) -m storyboard.devkit.proof --world-cache $(WORLD_CACHE)
+
 # ruff (style, imports at the top) and import-linter (layers, no cycles, no devkit in the product):
 # both configured in pyproject.toml; `make test` fails when either fails.
 lint: setup
@@ -29,4 +38,4 @@ test: setup lint
 	STORYBOARD_NO_PROGRESS=1 $(PY) -m pytest -q
 
 clean:
-	rm -rf demo_run .pytest_cache
+	rm -rf demo_run proof_run .pytest_cache

@@ -24,6 +24,7 @@ DTYPE="${DTYPE:-auto}"                # auto (fp16 on GPU, fp32 on CPU), fp32, f
 
 CLIP_MODEL="${CLIP_MODEL:-}"              # CLIP for the report's judge and score; empty: the OpenCV estimator
 CLIP_CHECKPOINT="${CLIP_CHECKPOINT:-}"
+JUDGE="${JUDGE:-}"                        # a learned shot judge file (.safetensors, e.g. the proof world's); empty: CLIP or OpenCV
 
 # PYTHON: the project's .venv, else your active environment; PYTHON=/path/to/python to choose.
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../launcher_env.sh"  # beside the real file, if this is a link
@@ -40,7 +41,7 @@ ARGS=(
   --steps "$STEPS" --guidance "$GUIDANCE" --scheduler "$SCHEDULER"
   --width "$WIDTH" --height "$HEIGHT"
   --batch-size "$BATCH_SIZE" --dtype "$DTYPE"
-  --clip-model "$CLIP_MODEL" --clip-checkpoint "$CLIP_CHECKPOINT"
+  --clip-model "$CLIP_MODEL" --clip-checkpoint "$CLIP_CHECKPOINT" --judge "$JUDGE"
   --device "$DEVICE"
   "$@"
 )

@@ -5,10 +5,13 @@ weights, CLIP scores.
     cd validation && python report.py
     python validation/report.py --output-dir validation/output \
         --clip-model ViT-B-32 --clip-checkpoint ViT-B-32-openai.pt
+    python validation/report.py --output-dir proof_run/validation/output \
+        --prompts proof_run/validation/validation.jsonl --judge proof_run/judge/shot_judge.safetensors
 
 run_validation.py (validation.sh, base_valid.sh) writes the same report at its end; this script redoes
 it alone, e.g. with CLIP weights or for a subset of columns. Judgements are cached, so a re-run judges
-only new images. Logic: storyboard/inference/report.py.
+only new images. ``--judge FILE`` judges with a learned judge (its held-out accuracy is printed with
+every figure; ``make proof`` trains one). Logic: storyboard/inference/report.py.
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ DTYPE="${DTYPE:-auto}"                # auto (fp16 on GPU, fp32 on CPU), fp32, f
 # --- report ----------------------------------------------------------------------------------
 CLIP_MODEL="${CLIP_MODEL:-}"              # e.g. ViT-B-32 (needs CLIP_CHECKPOINT); empty: the OpenCV estimator judges
 CLIP_CHECKPOINT="${CLIP_CHECKPOINT:-}"    # e.g. ../Dataset_clustering_method/ViT-B-32-openai.pt
+JUDGE="${JUDGE:-}"                        # a learned shot judge file (.safetensors, e.g. the proof world's); empty: CLIP or OpenCV
 
 # --- processes -------------------------------------------------------------------------------
 # PYTHON: the project's .venv, else your active environment; PYTHON=/path/to/python to choose.
@@ -51,7 +52,7 @@ ARGS=(
   --steps "$STEPS" --guidance "$GUIDANCE" --scheduler "$SCHEDULER"
   --width "$WIDTH" --height "$HEIGHT"
   --lora-scale "$LORA_SCALE" --batch-size "$BATCH_SIZE" --dtype "$DTYPE"
-  --clip-model "$CLIP_MODEL" --clip-checkpoint "$CLIP_CHECKPOINT"
+  --clip-model "$CLIP_MODEL" --clip-checkpoint "$CLIP_CHECKPOINT" --judge "$JUDGE"
   --device "$DEVICE"
   "$@"
 )

@@ -30,6 +30,7 @@ from storyboard.inference.report import read_report_summary
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WORK = REPO_ROOT / "demo_run"  # the demo's work folder, laid out like the seed's root
 DEFAULT_SEED = 0  # one seed for the sample data and the tiny models
+PROOF_PAGE = REPO_ROOT / "proof_run" / "index.html"  # what `make proof` writes (storyboard.devkit.proof)
 
 
 @dataclass
@@ -253,6 +254,17 @@ STEPS: list[tuple[str, Callable[[Demo], Section]]] = [
 ]
 
 
+def proof_section(page: Path) -> Section:
+    """A link to ``make proof``'s page when it exists (the tiny models here prove nothing; that page does)."""
+    if page.is_file():
+        return Section("Proof that a trigger works (make proof)", "A world small enough to train on a CPU, run "
+                       "through the same front doors with a learned judge: base vs trained fidelity with 95 % "
+                       "intervals, grids, loss curve, judge accuracy, phase times.",
+                       links=[("proof_run/index.html", page)])
+    return Section("Proof that a trigger works (make proof)", "Not run yet: `make proof` (a benchmark; "
+                   "docs/proof.md) writes proof_run/index.html, linked here once it exists.")
+
+
 def run_demo(work: Path, seed: int) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     for folder in ("model_sd_weight", "model_output", "validation/output"):
@@ -265,6 +277,7 @@ def run_demo(work: Path, seed: int) -> Path:
         section = step(demo)
         section.text = f"{section.text} ({time.time() - started:.1f} s)".strip()
         sections.append(section)
+    sections.append(proof_section(PROOF_PAGE))
     index = write_index(work / "index.html", "Storyboard Trigger demo", sections,
                         subtitle="Every stage that exists, run through its real script on the sample data and "
                                  "tiny models.")

@@ -1,4 +1,5 @@
-"""The validation report's shot judges: CLIP zero-shot (which also gives the CLIP score, from the same
+"""The validation report's shot judges: a learned judge when a judge file is named
+(``storyboard.inference.learned_judge``), CLIP zero-shot (which also gives the CLIP score, from the same
 image features) when CLIP weights are named, else the OpenCV estimator (no weights). Both come from
 ``storyboard.clustering.shots``, which loads torch and open_clip, so the report reaches this module
 only once its flags and prompts are checked.
@@ -16,10 +17,15 @@ from PIL import Image
 from storyboard.clustering.clip import ClipModel, encode_texts, load_clip
 from storyboard.clustering.shots import ClipZeroShotJudge, OpenCVShotEstimator
 from storyboard.core.vocabulary import Vocabulary
+from storyboard.inference.learned_judge import LearnedShotJudge
 
 
-def load_judge(clip_model: str | None, clip_checkpoint: str | None, vocab: Vocabulary, device: str = "auto"):
-    """CLIP zero-shot (+ CLIP score) when CLIP weights are named, else the OpenCV estimator."""
+def load_judge(clip_model: str | None, clip_checkpoint: str | None, vocab: Vocabulary, device: str = "auto",
+               judge_file: str | Path | None = None):
+    """A learned judge from ``judge_file`` when given, CLIP zero-shot (+ CLIP score) when CLIP weights are
+    named, else the OpenCV estimator."""
+    if judge_file:
+        return LearnedShotJudge.load(judge_file, vocab)
     if clip_model:
         return ClipScorer(load_clip(clip_model, clip_checkpoint or None, device=device), vocab)
     return OpenCVShotEstimator(vocab)

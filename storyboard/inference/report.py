@@ -9,7 +9,8 @@ checkpoint, each with its PNGs and ``images.jsonl``) and writes ``<output-dir>/r
   the prompt asked for, per shot size, base vs each checkpoint, with counts. The judge is CLIP zero-shot
   (``storyboard.clustering.shots.ClipZeroShotJudge``) when CLIP weights are given (``--clip-model`` /
   ``--clip-checkpoint``), else the OpenCV estimator (``storyboard.clustering.shots.OpenCVShotEstimator``, no
-  weights). A judge is anything with ``name`` and ``judge(images) -> [guess with .shot_size]``;
+  weights); ``--judge FILE`` names a learned judge instead (``storyboard.inference.learned_judge``).
+  A judge is anything with ``name`` and ``judge(images) -> [guess with .shot_size]``;
 * **CLIP score** (with CLIP weights only): 100 x cosine(image, prompt) per image, with the prompt in
   plain words (triggers replaced: CLIP does not know them), averaged per shot size and column;
 * ``index.html`` with all of it, ``fidelity.json``, ``clip_scores.json`` and ``judgements.json``
@@ -33,6 +34,7 @@ from storyboard.core.cli import UserError, format_table
 from storyboard.core.html import escape, relative_href, render_table, write_page
 from storyboard.core.records import atomic_write_bytes, atomic_write_json, read_jsonl
 from storyboard.core.vocabulary import Vocabulary
+from storyboard.inference.judge_file import read_judge_file
 from storyboard.inference.prompt_files import read_validation_prompts
 from storyboard.inference.prompts import plain_prompt
 
@@ -204,13 +206,25 @@ def fidelity_table(judge_name: str, records: Sequence[dict], columns: Sequence[C
 # --------------------------------------------------------------------------------------------
 # Which judge; CLIP scores
 # --------------------------------------------------------------------------------------------
-def load_judge(clip_model: str | None, clip_checkpoint: str | None, vocab: Vocabulary, device: str = "auto"):
-    """CLIP zero-shot (+ CLIP score) when CLIP weights are named, else the OpenCV estimator."""
+def check_judge_flags(clip_model: str | None, clip_checkpoint: str | None, judge_file: str | Path | None,
+                      vocab: Vocabulary) -> None:
+    """The judge flags, checked without loading a model (``--judge``: its header only)."""
     if clip_checkpoint and not clip_model:
         raise UserError("--clip-checkpoint needs --clip-model (the architecture, e.g. ViT-B-32)")
+    if judge_file:
+        if clip_model:
+            raise UserError("--judge and --clip-model both name a fidelity judge; give one")
+        read_judge_file(judge_file, vocab)
+
+
+def load_judge(clip_model: str | None, clip_checkpoint: str | None, vocab: Vocabulary, device: str = "auto",
+               judge_file: str | Path | None = None):
+    """A learned judge when ``judge_file`` is given, CLIP zero-shot (+ CLIP score) when CLIP weights are
+    named, else the OpenCV estimator."""
+    check_judge_flags(clip_model, clip_checkpoint, judge_file, vocab)
     from storyboard.inference.judges import load_judge as load  # noqa: PLC0415 (heavy: the shot judges load torch, OpenCV and open_clip, only once the flags and prompts are checked)
 
-    return load(clip_model, clip_checkpoint, vocab, device=device)
+    return load(clip_model, clip_checkpoint, vocab, device=device, judge_file=judge_file)
 
 
 def clip_scores(scorer: ClipScoring, columns: Sequence[Column], vocab: Vocabulary,
@@ -271,7 +285,7 @@ def write_grids(records: Sequence[dict], columns: Sequence[Column], out_dir: Pat
                 max_rows: int = GRID_MAX_ROWS) -> list[tuple[str, Path]]:
     """Grid PNGs, one series per asked shot size; returns (title, path)."""
     sizes = [int(m.get("width") or 0) for c in columns for m in c.meta.values()]
-    cell = min(max(sizes or [64]), GRID_CELL_MAX)
+    cell = min(max([s for s in sizes if s] or [64]), GRID_CELL_MAX)  # no width recorded: 64 px cells
     order = {t.key: n for n, t in enumerate(vocab.shot_sizes)}
     by_shot: dict[str, list[dict]] = {}
     for record in records:
@@ -400,6 +414,10 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                             "--clip-checkpoint), local-dir:FOLDER or a config .json; empty: the OpenCV estimator "
                             "judges")
     group.add_argument("--clip-checkpoint", default="", help="CLIP weights file (e.g. ViT-B-32-openai.pt)")
+    group.add_argument("--judge", default="", metavar="FILE",
+                       help="a learned shot judge (one .safetensors file with its classes and held-out accuracy "
+                            "in its metadata, e.g. the proof world's); it judges fidelity instead of CLIP or OpenCV, "
+                            "and its held-out accuracy is printed beside every figure")
 
 
 def report_from_args(args: argparse.Namespace, out_root: Path, vocab: Vocabulary, log: Callable = print,
@@ -408,7 +426,8 @@ def report_from_args(args: argparse.Namespace, out_root: Path, vocab: Vocabulary
     if records is None:
         records = read_validation_prompts(args.prompts, vocab)
     device = getattr(args, "device", "auto")
-    judge = load_judge(args.clip_model, args.clip_checkpoint, vocab, device="cpu" if device == "cpu" else "auto")
+    judge = load_judge(args.clip_model, args.clip_checkpoint, vocab, device="cpu" if device == "cpu" else "auto",
+                       judge_file=getattr(args, "judge", "") or None)
     result = write_report(out_root, records, vocab, judge, columns=getattr(args, "columns", None), log=log)
     log(result.fidelity.text())
     if result.clip:

@@ -34,7 +34,7 @@ from storyboard.inference.jobs import Job, run_jobs
 from storyboard.inference.pngmeta import read_png_metadata
 from storyboard.inference.prompt_files import read_validation_prompts
 from storyboard.inference.prompts import UntrainedTriggerError, plain_prompt, prepare_prompt
-from storyboard.inference.report import report_from_args
+from storyboard.inference.report import check_judge_flags, report_from_args
 from storyboard.inference.settings import Settings, base_from_args, settings_from_args
 
 T = TypeVar("T")
@@ -186,8 +186,8 @@ def preflight(args: argparse.Namespace) -> str:
                                 f"{fingerprint.removeprefix('sha256:')[:12]}); pass the base it was trained on "
                                 f"(or --allow-base-mismatch)")
             check_tokens(ckpt, base)
-    if getattr(args, "clip_checkpoint", "") and not getattr(args, "clip_model", ""):
-        raise UserError("--clip-checkpoint needs --clip-model (the architecture, e.g. ViT-B-32)")
+    check_judge_flags(getattr(args, "clip_model", ""), getattr(args, "clip_checkpoint", ""),
+                      getattr(args, "judge", "") or None, vocab)
     n = min(len(records), args.limit) if args.limit else len(records)
     columns = ([BASE_COLUMN] if args.base_only else []) + names
     about = f"; base {base.describe()}" if base.is_file else ""
