@@ -143,7 +143,11 @@ def thread_loader(dataset: ImageFiles, batches: list[list[int]], ahead: int = 2,
     """The DataLoader's job in background threads of this process: decoding (which releases the GIL)
     overlaps encoding without another process competing with torch's threads for the cores. Images
     are decoded one per task on ``threads`` threads, so while the encoder waits for a batch every
-    core decodes (one thread left a core idle then: PNG 65 % -> 66-71 % of the bare loop on 2 cores)."""
+    core decodes (one thread left a core idle then: PNG 65 % -> 66-71 % of the bare loop on 2 cores).
+    ``threads=0``: each batch decoded in line, between encodes (for cheap decodes; ``iter_embeddings``)."""
+    if threads <= 0:
+        yield from (collate([dataset[i] for i in batch]) for batch in batches)
+        return
     pool = ThreadPoolExecutor(max_workers=max(1, threads))
     pending: deque = deque()
 

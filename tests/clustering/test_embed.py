@@ -189,7 +189,7 @@ class _SlowDataset:
         return i, torch.full((1, 2), float(i)), None
 
 
-@pytest.mark.parametrize("threads,ahead", [(1, 2), (2, 2), (3, 0), (4, 5)])
+@pytest.mark.parametrize("threads,ahead", [(0, 2), (1, 2), (2, 2), (3, 0), (4, 5)])
 def test_thread_loader_keeps_batch_order_and_failures(threads, ahead):
     n, bad = 23, {0, 7, 22}
     batches = ramp_batches(n, 8)
