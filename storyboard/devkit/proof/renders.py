@@ -125,3 +125,12 @@ def render_set(cfg: RenderConfig, seed: int, stream: int, count: int, workers: i
     rows = [row for part in parts for row in part]
     return RenderSet(np.stack([r[0] for r in rows]), np.array([r[1] for r in rows]), [r[2] for r in rows],
                      [r[3] for r in rows], [r[4] for r in rows])
+
+
+def shot_renders(cfg: RenderConfig, seed: int, per_shot: int, workers: int = 1, stream: int = TRAIN_STREAM):
+    """``per_shot`` fresh renders of every shot size, one ``(index, image, shot key, angle, location,
+    caption)`` at a time: what a training set or a crawl is written from."""
+    renders = render_set(cfg, seed, stream, per_shot * len(cfg.shots), workers)
+    for i, (image, shot, angle, location, caption) in enumerate(zip(renders.images, renders.shots, renders.angles,
+                                                                  renders.locations, renders.captions)):
+        yield i, image, cfg.shots[int(shot)], angle, location, caption

@@ -23,7 +23,7 @@ from storyboard.core.cli import UserError
 from storyboard.core.records import write_jsonl
 from storyboard.core.vocabulary import load_vocabulary
 from storyboard.devkit.proof.config import RenderConfig
-from storyboard.devkit.proof.renders import TRAIN_STREAM, render_set
+from storyboard.devkit.proof.renders import shot_renders
 from storyboard.devkit.tiny import build_tiny_open_clip
 
 DATA = "world_data"                  # <work>/world_data: the crawl (raw/), its images and the titles list
@@ -37,11 +37,8 @@ def write_crawl(work: Path, cfg: RenderConfig, seed: int, per_shot: int, workers
     vocab = load_vocabulary()
     folder = work / DATA
     korean = {t.key: t.ko[0] for t in (*vocab.shot_sizes, *vocab.angles, *vocab.locations)}
-    renders = render_set(cfg, seed, TRAIN_STREAM, per_shot * len(cfg.shots), workers)
     records = []
-    for i, (image, shot, angle, location, caption) in enumerate(zip(renders.images, renders.shots, renders.angles,
-                                                                  renders.locations, renders.captions)):
-        key = cfg.shots[int(shot)]
+    for i, image, key, angle, location, caption in shot_renders(cfg, seed, per_shot, workers):
         rel = f"{key}/{i:05d}.png"
         (folder / "images" / key).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / "images" / rel)

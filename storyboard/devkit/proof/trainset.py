@@ -19,7 +19,7 @@ from storyboard.clustering.cluster import trigger_text
 from storyboard.core.records import write_jsonl
 from storyboard.core.vocabulary import load_vocabulary
 from storyboard.devkit.proof.config import RenderConfig
-from storyboard.devkit.proof.renders import ANGLE_WORDS, TRAIN_STREAM, render_set
+from storyboard.devkit.proof.renders import ANGLE_WORDS, TRAIN_STREAM, shot_renders
 
 
 def write_trainset(folder: str | Path, cfg: RenderConfig, seed: int, per_shot: int, detail: bool = False,
@@ -28,11 +28,8 @@ def write_trainset(folder: str | Path, cfg: RenderConfig, seed: int, per_shot: i
     vocab = load_vocabulary()
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    renders = render_set(cfg, seed, stream, per_shot * len(cfg.shots), workers)
     records = []
-    for i, (image, shot, angle, location, caption) in enumerate(zip(renders.images, renders.shots, renders.angles,
-                                                                  renders.locations, renders.captions)):
-        key = cfg.shots[int(shot)]
+    for i, image, key, angle, location, caption in shot_renders(cfg, seed, per_shot, workers, stream):
         name = f"images/{key}_{i:05d}.png"
         Image.fromarray(image).save(folder / name)
         words = caption if detail else f"{ANGLE_WORDS[angle]}, {location}"
