@@ -12,8 +12,9 @@ is given.
   every node and the data folders must be at the same paths (shared storage).
 * Resources. A worker size no node can hold, or GPUs asked of a cluster without them, is a one-line
   error before anything is written.
-* The pipeline. Jobs are pickled into rows (index, job); CPU work runs as Ray tasks of
-  ``jobs_per_task`` jobs (``--cpus-per-worker``), model work as an actor pool (``--concurrency``
+* The pipeline. Jobs go into rows (index, job) as Python objects that Ray Data carries with Ray's own
+  serialisation, as it carries any task's arguments (nothing here pickles or unpickles); CPU work
+  runs as Ray tasks of ``jobs_per_task`` jobs (``--cpus-per-worker``), model work as an actor pool (``--concurrency``
   actors, ``--gpus-per-worker`` each) whose actors build the model once. Ray Data streams: blocks flow
   through the workers under its backpressure and come back as they finish; nothing is materialised.
   Results come back with the node that made them; the driver puts them in job order.
@@ -29,14 +30,14 @@ import functools
 import logging
 import math
 import os
-import pickle
 import socket
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import numpy as np
 import ray
 import ray.data
 
@@ -66,16 +67,32 @@ def _node_key(node_id: str) -> str:
     return node_id[:12]
 
 
-def _outcomes_table(call: Callable[[Any], Any], table: pa.Table) -> pa.Table:
+@dataclass(frozen=True)
+class _Job:
+    """A job in a Ray Data row: a class Arrow cannot take apart, so Ray keeps it a Python object and the
+    stage gets back exactly what it gave (a tuple stays a tuple, not an Arrow list)."""
+
+    value: Any
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """A column of Python objects (item by item: numpy would turn a list of lists into a 2-D array)."""
+    column = np.empty(len(values), dtype=object)
+    for k, value in enumerate(values):
+        column[k] = value
+    return column
+
+
+def _outcomes_batch(call: Callable[[Any], Any], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     node = _node_key(ray.get_runtime_context().get_node_id())
-    outcomes = [pickle.dumps(call_job(call, pickle.loads(job)), protocol=5) for job in table.column("job").to_pylist()]
-    return pa.table({"i": table.column("i"), "outcome": pa.array(outcomes, pa.binary()),
-                     "node": pa.array([node] * len(outcomes), pa.string())})
+    outcomes = _objects([call_job(call, job.value) for job in batch["job"]])
+    return {"i": batch["i"], "outcome": outcomes, "node": np.full(len(outcomes), node)}
 
 
-def _task_batch(function: Callable[[Any], Any], setup: Callable[[], None] | None, table: pa.Table) -> pa.Table:
+def _task_batch(function: Callable[[Any], Any], setup: Callable[[], None] | None,
+                batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     run_setup(setup)
-    return _outcomes_table(function, table)
+    return _outcomes_batch(function, batch)
 
 
 class _ModelActor:
@@ -85,8 +102,8 @@ class _ModelActor:
         run_setup(setup)
         self.call = model()
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        return _outcomes_table(self.call, table)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _outcomes_batch(self.call, batch)
 
 
 def _user_error_in(exc: BaseException) -> UserError | None:
@@ -182,10 +199,10 @@ class RayCluster:
         return (outcome.result if outcome.error is None else work.failed(job, outcome.error)), node
 
     def _run(self, todo: list[tuple[int, Any]], work: Work, per_task: int) -> Iterator[tuple[int, Outcome, str]]:
-        rows = [{"i": i, "job": pickle.dumps(job, protocol=5)} for i, job in todo]
+        rows = [{"i": i, "job": _Job(job)} for i, job in todo]
         blocks = min(MAX_BLOCKS, math.ceil(len(rows) / per_task))
         data = ray.data.from_items(rows, override_num_blocks=blocks)
-        common = {"batch_size": per_task, "batch_format": "pyarrow", "num_cpus": self.settings.cpus_per_worker}
+        common = {"batch_size": per_task, "batch_format": "numpy", "num_cpus": self.settings.cpus_per_worker}
         with warnings.catch_warnings():
             # Ray Data retries forever by default, so a record that kills its worker would hang the run;
             # the retry caps go through ``ray_remote_args``, which Ray 2.60 calls deprecated but offers
@@ -199,10 +216,9 @@ class RayCluster:
                                         num_gpus=self.gpus_per_worker or None, concurrency=self.actors(),
                                         max_restarts=RETRIES, max_task_retries=RETRIES, **common)
         try:
-            for table in data.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for i, blob, node in zip(table.column("i").to_pylist(), table.column("outcome").to_pylist(),
-                                         table.column("node").to_pylist()):
-                    yield i, pickle.loads(blob), node
+            for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+                for i, outcome, node in zip(batch["i"], batch["outcome"], batch["node"]):
+                    yield int(i), outcome, str(node)
         except Exception as exc:
             user = _user_error_in(exc)
             if user is not None:
