@@ -101,17 +101,26 @@ def read_file_keys(path: Path) -> FileKeys:
     return _read_pickle_keys(path)
 
 
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """A ``.safetensors`` file's JSON header (tensor entries and ``__metadata__``) and its length, read
+    without torch or any weight; ``ValueError`` when the file is not one, ``OSError`` when unreadable."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError("shorter than a safetensors header")
+        (length,) = struct.unpack("<Q", head)
+        if length > 100_000_000 or length > path.stat().st_size:
+            raise ValueError("header length out of range")
+        header = json.loads(fh.read(length))  # a UnicodeDecodeError is a ValueError too
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    return header, length
+
+
 def _read_safetensors_header(path: Path) -> FileKeys:
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ValueError("shorter than a safetensors header")
-            (length,) = struct.unpack("<Q", head)
-            if length > 100_000_000 or length > path.stat().st_size:
-                raise ValueError("header length out of range")
-            header = json.loads(fh.read(length))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        header, length = safetensors_header(path)
+    except (OSError, ValueError) as exc:
         raise UserError(f"{path} is not a readable .safetensors file ({exc})") from None
     metadata = header.pop("__metadata__", None) or {}
     shapes = {name: tuple(entry.get("shape", ())) for name, entry in header.items() if isinstance(entry, dict)}

@@ -562,8 +562,8 @@ def _judge(im: _Image, fill: np.ndarray, box: tuple[int, int, int, int], region:
     if shape is None:
         filled = _complete(filled, (to_fill <= p.fill_tolerance).view(np.uint8), im.max_rings)
     grow, outline, outline_colour = _outline_rings(crop, to_fill, filled, fill, im.max_rings, im.typical_outline, p)
-    if border > p.max_border_share and (outline == 0 or not _outlined_off_the_frame(
-            crop, filled, grow, outline_colour, p)):
+    if border > p.max_border_share and (outline == 0 or not _ringed(
+            crop, filled, outline_colour, grow, p.min_cut_outline, p)):
         return "border"  # a bubble cut by the frame is outlined all along the rest of its edge
     mask = cv2.dilate(filled, _disk(grow)) if grow else filled
     info = {"fill": tuple(int(c) for c in fill), "outline_px": outline, "text_parts": parts,
@@ -571,15 +571,15 @@ def _judge(im: _Image, fill: np.ndarray, box: tuple[int, int, int, int], region:
     return (cx0, cy0, cx1, cy1), mask, info
 
 
-def _outlined_off_the_frame(crop: np.ndarray, filled: np.ndarray, grow: int, colour, p: BubbleParams) -> bool:
-    """Is one ring of the outline (its core: the first ring may be a blend with the fill, the last
-    with what lies beyond) of ``colour`` nearly all along the shape? The frame edge cuts the rings off
-    where it cuts the bubble: only the rest is there to be read."""
-    dist = cv2.distanceTransform(1 - filled, cv2.DIST_L2, 3)
-    for d in range(1, grow + 1):
+def _ringed(pixels: np.ndarray, blob: np.ndarray, colour, rings: int, share: float, p: BubbleParams) -> bool:
+    """Is one of the first ``rings`` one-pixel rings around ``blob`` at least ``share`` of the line
+    ``colour``? One ring is enough: the first may be a blend with the fill, the last with what lies
+    beyond; where the frame edge cuts a bubble it cuts the rings off too, and only the rest is read."""
+    dist = cv2.distanceTransform(1 - blob, cv2.DIST_L2, 3)
+    for d in range(1, rings + 1):
         ring = (dist > d - 1) & (dist <= d)
-        same = _colour_distance(crop[ring], colour) <= p.ink_contrast * 0.75
-        if same.size and float(same.mean()) >= p.min_cut_outline:
+        same = _colour_distance(pixels[ring], colour) <= p.ink_contrast * 0.75
+        if same.size and float(same.mean()) >= share:
             return True
     return False
 
@@ -587,17 +587,6 @@ def _outlined_off_the_frame(crop: np.ndarray, filled: np.ndarray, grow: int, col
 # --------------------------------------------------------------------------------------------
 # Thought trails
 # --------------------------------------------------------------------------------------------
-def _ringed(part: np.ndarray, blob: np.ndarray, colour, rings: int, p: BubbleParams) -> bool:
-    """Is one of the first ``rings`` one-pixel rings around ``blob`` (mostly) of the line ``colour``?"""
-    dist = cv2.distanceTransform(1 - blob, cv2.DIST_L2, 3)
-    for d in range(1, rings + 1):
-        ring = (dist > d - 1) & (dist <= d)
-        same = _colour_distance(part[ring], colour) <= p.ink_contrast * 0.75
-        if same.size and float(same.mean()) >= p.outline_frac:
-            return True
-    return False
-
-
 def _trail(im: _Image, taken: np.ndarray, box: tuple[int, int, int, int], info: dict) -> list[tuple]:
     """Small outlined circles of the bubble's fill leading away from it (a thought bubble's trail):
     [(box, mask)], or [] unless there is a chain of at least two.
@@ -637,7 +626,7 @@ def _trail(im: _Image, taken: np.ndarray, box: tuple[int, int, int, int], info: 
         if cv2.countNonZero(blob) < 0.7 * np.pi * radius ** 2:
             continue  # not round: a window pane, a square button
         shape = cv2.dilate(blob, _disk(grow))
-        if taken[sy0:sy1, sx0:sx1][shape > 0].any() or not _ringed(part, blob, colour, grow + 1, p):
+        if taken[sy0:sy1, sx0:sx1][shape > 0].any() or not _ringed(part, blob, colour, grow + 1, p.outline_frac, p):
             continue
         centre = (wx0 + centres[i][0], wy0 + centres[i][1])
         circles.append((centre, radius, (sx0, sy0, sx1, sy1), shape))

@@ -11,17 +11,16 @@ figure from a judge of unknown accuracy says nothing).
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from storyboard.artifacts.base_file import safetensors_header
 from storyboard.core.cli import UserError
 from storyboard.core.vocabulary import Vocabulary
 
 FORMAT = "storyboard-shot-judge/1"
 METADATA_KEY = "storyboard_judge"
 NOBODY = "nobody"  # the class "no person in the picture": a guess without a shot size (a miss)
-MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
 @dataclass(frozen=True)
@@ -47,22 +46,11 @@ class JudgeSpec:
 
 def _header(path: Path) -> dict:
     try:
-        with path.open("rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise UserError(f"--judge {path}: not a safetensors file (too short)")
-            (size,) = struct.unpack("<Q", raw)
-            if size > MAX_HEADER:
-                raise UserError(f"--judge {path}: not a safetensors file (header size {size})")
-            text = f.read(size)
+        header, _ = safetensors_header(path)
     except OSError as exc:
         raise UserError(f"--judge {path}: cannot read it ({exc.strerror or exc})") from None
-    try:
-        header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"--judge {path}: not a safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise UserError(f"--judge {path}: not a safetensors file (its header is not a JSON object)")
+    except ValueError as exc:
+        raise UserError(f"--judge {path}: not a safetensors file ({exc})") from None
     return header
 
 
